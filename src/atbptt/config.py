@@ -1,0 +1,190 @@
+"""Typed configuration: the dataclass schema Hydra validates every value against.
+
+Hydra composes YAML from ``conf/`` on top of these dataclasses (stored in the
+ConfigStore as ``base_config``); ``OmegaConf.to_object`` then builds these
+objects and runs the ``__post_init__`` range checks. Choices are Enums because
+OmegaConf 2.3 has no ``Literal``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message is one line naming the key."""
+
+
+class DatasetName(Enum):
+    copy = "copy"
+    copy_variable = "copy_variable"
+    linear = "linear"
+    var = "var"
+    ptb = "ptb"
+    wikitext2 = "wikitext2"
+
+
+class Cell(Enum):
+    lstm = "lstm"
+    gru = "gru"
+    srnn = "srnn"  # simple (Elman) tanh RNN
+
+
+class MethodName(Enum):
+    fixed = "fixed"
+    adaptive = "adaptive"
+
+
+class Style(Enum):
+    overlap = "overlap"  # the paper's: every loss term gets >= K lags
+    chunk = "chunk"  # pytorch/examples: loss at position j gets j+1 lags
+
+
+class BetaMethod(Enum):
+    ols = "ols"
+    max = "max"
+    quantile = "quantile"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _check(ok: bool, key: str, allowed: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; {key} must be {allowed}")
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.copy
+    seed: int = 0  # synthetic data seed: fixed so every run of a sweep sees the same data
+    batch_size: int = 64  # parallel training streams
+    eval_batch_size: int = 64  # streams for valid/test evaluation
+    eval_chunk: int = 100  # evaluation chunk length (state carried, no grad)
+    train_length: int = 4000  # synthetic: steps per training stream
+    eval_length: int = 1000  # synthetic: steps per valid/test stream
+    # copy task
+    m_min: int = 10
+    m_max: int = 10
+    num_symbols: int = 6  # 0 blank, 1 start marker, 2.. content
+    # linear state-space system and VAR(p)
+    input_dim: int = 4
+    state_dim: int = 8
+    output_dim: int = 2
+    dim: int = 4  # VAR dimension
+    order: int = 2  # VAR order p
+    rho: float = 0.9  # spectral radius of A (linear) or of the companion matrix (var)
+    noise_std: float = 0.1
+    # word corpora
+    data_dir: Optional[str] = None  # default: $ATBPTT_DATA, else data/ in the working directory
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "eval_chunk", "train_length", "eval_length",
+                    "input_dim", "state_dim", "output_dim", "dim", "order"):
+            value = getattr(self, key)
+            _check(value >= 1, f"dataset.{key}", "an integer >= 1", value)
+        _check(2 <= self.m_min <= self.m_max, "dataset.m_min", "between 2 and dataset.m_max", self.m_min)
+        _check(self.num_symbols >= 3, "dataset.num_symbols", "an integer >= 3", self.num_symbols)
+        _check(0 < self.rho < 1, "dataset.rho", "in (0, 1)", self.rho)
+        _check(self.noise_std >= 0, "dataset.noise_std", ">= 0", self.noise_std)
+
+
+@dataclass
+class ModelConfig:
+    cell: Cell = Cell.lstm
+    hidden_size: int = 50
+    num_layers: int = 2
+    embedding_size: int = 50  # token inputs; the linear input layer's width for vectors
+    dropout: float = 0.0
+    tie_weights: bool = False  # needs embedding_size == hidden_size
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "embedding_size"):
+            value = getattr(self, key)
+            _check(value >= 1, f"model.{key}", "an integer >= 1", value)
+        _check(0 <= self.dropout < 1, "model.dropout", "in [0, 1)", self.dropout)
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ConfigError("model.tie_weights=true needs model.embedding_size == model.hidden_size")
+
+
+@dataclass
+class MethodConfig:
+    """How K is chosen, and the estimator behind δ̂(K) (also logged for fixed K)."""
+
+    name: MethodName = MethodName.fixed
+    style: Style = Style.overlap
+    window: int = 100  # W: lags in one gradient-norm profile
+    burn_in: int = 20  # b: steps run without gradient before each window
+    num_windows: int = 64  # S: windows per profile
+    k_min: int = 2
+    k_max: int = 100
+    beta_method: BetaMethod = BetaMethod.ols
+    tau: Optional[int] = None  # default W - b (NOTES §3 step 3)
+    reestimate_every: int = 10  # training chunks between re-estimates of K (adaptive)
+    num_estimates: int = 1  # profiles averaged per K estimate
+    log_estimates: int = 1  # fresh profiles per evaluation for fixed-K runs (0: skip)
+    audit: bool = False  # also log the true relative bias of TBPTT(K) on the windows
+
+    def __post_init__(self) -> None:
+        for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):
+            value = getattr(self, key)
+            _check(value >= 1, f"method.{key}", "an integer >= 1", value)
+        _check(self.burn_in >= 0, "method.burn_in", "an integer >= 0", self.burn_in)
+        _check(self.log_estimates >= 0, "method.log_estimates", "an integer >= 0", self.log_estimates)
+        _check(self.k_min <= self.k_max, "method.k_min", f"<= method.k_max ({self.k_max})", self.k_min)
+        if self.name == MethodName.adaptive:
+            _check(self.window >= self.k_max, "method.window",
+                   f">= method.k_max ({self.k_max}) for method=adaptive", self.window)
+        if self.tau is not None:
+            _check(1 <= self.tau < self.window, "method.tau", "in [1, method.window)", self.tau)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0
+    lr_power: float = 0.5  # SGD step lr * K**lr_power, recomputed when K changes
+    clip: float = 1.0  # gradient norm clipped at clip / K
+    weight_decay: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "a finite number > 0", self.lr)
+        _check(self.clip > 0, "optim.clip", "> 0", self.clip)
+        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    experiment: str = "default"  # label used by aggregation
+    K: int = 15  # truncation (fixed) or starting truncation (adaptive)
+    delta: float = 0.5  # tolerated relative gradient bias (adaptive)
+    seed: int = 0  # initial weights and training randomness
+    epochs: float = 20.0  # fractions allowed
+    max_time: Optional[float] = None  # stop once train_time exceeds this many seconds
+    evals_per_epoch: int = 1
+    device: Device = Device.auto
+    threads: int = 1  # torch CPU threads per run (sweeps share the cores)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.K >= 1, "K", "an integer >= 1", self.K)
+        _check(0 < self.delta <= 1, "delta", "in (0, 1]", self.delta)
+        _check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", "a number > 0", self.epochs)
+        _check(self.max_time is None or self.max_time > 0, "max_time", "> 0 or null", self.max_time)
+        _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1", self.evals_per_epoch)
+        _check(self.threads >= 1, "threads", "an integer >= 1", self.threads)
+
+
+def register_configs() -> None:
+    """Store the schema; ``conf/config.yaml`` extends it through its defaults list."""
+    ConfigStore.instance().store(name="base_config", node=Config)
