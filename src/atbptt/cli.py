@@ -1,0 +1,61 @@
+"""``atbptt-run``: Hydra at the edge. Compose, convert to typed objects, hand them to ``train.run``.
+
+Before Hydra starts, every command-line override is checked (``precheck``) so that bad input
+gives one line naming the key and what is allowed, and a non-zero exit, not a traceback.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .config import ConfigError, register_configs
+from .validate import precheck, to_config
+
+register_configs()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"atbptt-run: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
+def task(cfg: DictConfig) -> str:
+    from .corpus import DataError
+    from .train import run
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        config = to_config(cfg)
+        if multirun:  # one job per process slot: sweeps share the cores
+            config.threads = 1
+        return run(config, Path(hc.runtime.output_dir), Path(hc.runtime.cwd) / "data")
+    except (ConfigError, DataError) as err:
+        _fail(str(err))
+    except Exception as err:  # the run recorded status 'failed' in its run.json
+        if not multirun:
+            traceback.print_exc()
+            _fail(f"run failed: {type(err).__name__}: {err} (see {hc.runtime.output_dir}/run.json)", 1)
+        print(f"atbptt-run: job {hc.job.override_dirname} failed: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)
+        return "failed"  # the other jobs of the sweep go on
+    return "unreachable"
+
+
+def main() -> None:
+    message = precheck(sys.argv[1:])
+    if message:
+        _fail(message)
+    task()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,218 @@
+"""Streams for TBPTT: synthetic generators (copy, linear state space, VAR) and word corpora.
+
+Every split is time-major: ``inputs`` ``[T, B]`` (tokens) or ``[T, B, D]`` (vectors) and
+``targets`` aligned with them, so the loss at time t compares ``out[t]`` with ``targets[t]``.
+Synthetic data comes from its own generator seeded by ``dataset.seed``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import DatasetConfig, DatasetName
+
+BLANK, START = 0, 1
+
+
+@dataclass
+class Split:
+    inputs: Tensor
+    targets: Tensor
+
+    @property
+    def length(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def num_streams(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def tokens(self) -> int:
+        return self.length * self.num_streams
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: Split
+    valid: Split
+    test: Split
+    classification: bool  # cross-entropy (PPL logged) or MSE regression
+    input_size: int  # vocabulary size or input dimension
+    output_size: int  # classes or output dimension
+    token_inputs: bool
+    tokens: Dict[str, int]
+    info: Dict[str, object] = field(default_factory=dict)  # extra facts for run.json
+
+
+# ---------------------------------------------------------------------------- copy task
+def copy_streams(length: int, num_streams: int, m_min: int, m_max: int, num_symbols: int,
+                 rng: np.random.Generator) -> Split:
+    """Copy task (NOTES §5). Each segment: m input symbols (start marker 1, then m-1 content
+    symbols 2..num_symbols-1) followed by m blanks; the target emits the m symbols during the
+    blanks, so ``targets[t] = inputs[t - m]`` inside a segment's output half::
+
+        inputs   1 3 5 2 0 0 0 0 1 4 2 0 0 0 ...
+        targets  0 0 0 0 1 3 5 2 0 0 0 1 4 2 ...
+
+    Segments are laid back to back per stream, which starts at a random phase."""
+    inputs = np.zeros((length, num_streams), dtype=np.int64)
+    targets = np.zeros((length, num_streams), dtype=np.int64)
+    for b in range(num_streams):
+        stream_in, stream_out = [], []
+        total, goal = 0, length + 2 * m_max
+        while total < goal:
+            m = int(rng.integers(m_min, m_max + 1))
+            seg = rng.integers(2, num_symbols, size=m)
+            seg[0] = START
+            stream_in += [seg, np.zeros(m, dtype=np.int64)]
+            stream_out += [np.zeros(m, dtype=np.int64), seg]
+            total += 2 * m
+        shift = int(rng.integers(0, 2 * m_max))
+        inputs[:, b] = np.concatenate(stream_in)[shift:shift + length]
+        targets[:, b] = np.concatenate(stream_out)[shift:shift + length]
+    return Split(torch.from_numpy(inputs), torch.from_numpy(targets))
+
+
+def make_copy(cfg: DatasetConfig) -> TaskData:
+    rng = np.random.default_rng(cfg.seed)
+    args = (cfg.m_min, cfg.m_max, cfg.num_symbols, rng)
+    train = copy_streams(cfg.train_length, cfg.batch_size, *args)
+    valid = copy_streams(cfg.eval_length, cfg.eval_batch_size, *args)
+    test = copy_streams(cfg.eval_length, cfg.eval_batch_size, *args)
+    return _task(cfg.name.value, train, valid, test, True, cfg.num_symbols, cfg.num_symbols, True,
+                 {"vocab_size": cfg.num_symbols, "m_min": cfg.m_min, "m_max": cfg.m_max})
+
+
+# ---------------------------------------------------------------- linear state space
+def random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def linear_system(cfg: DatasetConfig, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """``A = rho * Q`` with Q orthogonal, so every eigenvalue of A has modulus rho exactly."""
+    n, d_u, d_y = cfg.state_dim, cfg.input_dim, cfg.output_dim
+    return {
+        "A": cfg.rho * random_orthogonal(n, rng),
+        "B": rng.standard_normal((n, d_u)) / np.sqrt(d_u),
+        "C": rng.standard_normal((d_y, n)) / np.sqrt(n),
+        "D": rng.standard_normal((d_y, d_u)) / np.sqrt(d_u),
+    }
+
+
+def linear_streams(system: Dict[str, np.ndarray], length: int, num_streams: int, noise_std: float,
+                   rng: np.random.Generator, burn: int = 100) -> Split:
+    """z_t = A z_{t-1} + B u_t + e_t,  y_t = C z_t + D u_t + f_t; predict y_t from u_1..u_t."""
+    A, B, C, D = system["A"], system["B"], system["C"], system["D"]
+    u = rng.standard_normal((length + burn, num_streams, B.shape[1]))
+    z = np.zeros((num_streams, A.shape[0]))
+    ys = np.empty((length + burn, num_streams, C.shape[0]))
+    for t in range(length + burn):
+        z = z @ A.T + u[t] @ B.T + noise_std * rng.standard_normal(z.shape)
+        ys[t] = z @ C.T + u[t] @ D.T + noise_std * rng.standard_normal((num_streams, C.shape[0]))
+    # the burn-in lets the latent state reach its stationary distribution
+    return Split(torch.tensor(u[burn:], dtype=torch.float32), torch.tensor(ys[burn:], dtype=torch.float32))
+
+
+def make_linear(cfg: DatasetConfig) -> TaskData:
+    rng = np.random.default_rng(cfg.seed)
+    system = linear_system(cfg, rng)
+    splits = [linear_streams(system, n, b, cfg.noise_std, rng) for n, b in
+              ((cfg.train_length, cfg.batch_size), (cfg.eval_length, cfg.eval_batch_size),
+               (cfg.eval_length, cfg.eval_batch_size))]
+    rho = float(np.max(np.abs(np.linalg.eigvals(system["A"]))))
+    return _task("linear", *splits, False, cfg.input_dim, cfg.output_dim, False,
+                 {"true_rho": rho, "dims": {"input": cfg.input_dim, "state": cfg.state_dim,
+                                            "output": cfg.output_dim}})
+
+
+# ------------------------------------------------------------------------------ VAR(p)
+def companion(coefs: np.ndarray) -> np.ndarray:
+    """Companion matrix of VAR coefficients ``coefs [p, d, d]`` (shape ``[p*d, p*d]``)."""
+    p, d, _ = coefs.shape
+    top = np.concatenate(list(coefs), axis=1)
+    bottom = np.eye(d * (p - 1), d * p) if p > 1 else np.zeros((0, d))
+    return np.concatenate([top, bottom], axis=0)
+
+
+def var_coefficients(dim: int, order: int, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """Random A_1..A_p scaled so the companion matrix has spectral radius ``rho``.
+
+    Scaling A_i by c**i scales every companion eigenvalue by c."""
+    coefs = rng.standard_normal((order, dim, dim)) / np.sqrt(dim * order)
+    radius = np.max(np.abs(np.linalg.eigvals(companion(coefs))))
+    c = rho / radius
+    return np.stack([coefs[i] * c ** (i + 1) for i in range(order)])
+
+
+def var_streams(coefs: np.ndarray, length: int, num_streams: int, noise_std: float,
+                rng: np.random.Generator, burn: int = 200) -> Split:
+    """x_t = sum_i A_i x_{t-i} + eps_t; inputs x_t, targets x_{t+1} (next-step forecast)."""
+    p, d, _ = coefs.shape
+    x = np.zeros((length + burn + 1 + p, num_streams, d))
+    for t in range(p, x.shape[0]):
+        x[t] = sum(x[t - i - 1] @ coefs[i].T for i in range(p))
+        x[t] += noise_std * rng.standard_normal((num_streams, d))
+    x = x[p + burn:]
+    return Split(torch.tensor(x[:-1], dtype=torch.float32), torch.tensor(x[1:], dtype=torch.float32))
+
+
+def make_var(cfg: DatasetConfig) -> TaskData:
+    rng = np.random.default_rng(cfg.seed)
+    coefs = var_coefficients(cfg.dim, cfg.order, cfg.rho, rng)
+    splits = [var_streams(coefs, n, b, cfg.noise_std, rng) for n, b in
+              ((cfg.train_length, cfg.batch_size), (cfg.eval_length, cfg.eval_batch_size),
+               (cfg.eval_length, cfg.eval_batch_size))]
+    rho = float(np.max(np.abs(np.linalg.eigvals(companion(coefs)))))
+    return _task("var", *splits, False, cfg.dim, cfg.dim, False,
+                 {"true_rho": rho, "dims": {"input": cfg.dim, "output": cfg.dim, "order": cfg.order}})
+
+
+# ------------------------------------------------------------------------ word corpora
+def lm_split(ids: Tensor, num_streams: int) -> Split:
+    """Lay a token stream into columns and pair each token with the next one."""
+    from .corpus import batchify
+
+    columns = batchify(ids, num_streams)  # (N // num_streams, num_streams)
+    return Split(columns[:-1], columns[1:])
+
+
+def make_corpus(cfg: DatasetConfig, default_data_dir: Path, cache_dir: Optional[Path],
+                progress: bool) -> TaskData:
+    from .corpus import load_corpus, resolve_data_dir
+
+    data_dir = resolve_data_dir(cfg.data_dir, default_data_dir)
+    corpus = load_corpus(cfg.name.value, data_dir, cache_dir=cache_dir, progress=progress)
+    train = lm_split(corpus.train, cfg.batch_size)
+    valid = lm_split(corpus.valid, cfg.eval_batch_size)
+    test = lm_split(corpus.test, cfg.eval_batch_size)
+    data = _task(cfg.name.value, train, valid, test, True, corpus.vocab_size, corpus.vocab_size,
+                 True, {"vocab_size": corpus.vocab_size, "data_dir": str(data_dir)})
+    data.tokens = dict(corpus.tokens)  # the corpus counts (NOTES §8), not the batchified ones
+    return data
+
+
+def _task(name, train, valid, test, classification, input_size, output_size, token_inputs,
+          info) -> TaskData:
+    tokens = {"train": train.tokens, "valid": valid.tokens, "test": test.tokens}
+    return TaskData(name, train, valid, test, classification, input_size, output_size,
+                    token_inputs, tokens, info)
+
+
+def load_task(cfg: DatasetConfig, default_data_dir: Path = Path("data"),
+              cache_dir: Optional[Path] = None, progress: bool = True) -> TaskData:
+    """Build the train/valid/test streams of ``cfg.name``."""
+    if cfg.name in (DatasetName.copy, DatasetName.copy_variable):
+        return make_copy(cfg)
+    if cfg.name == DatasetName.linear:
+        return make_linear(cfg)
+    if cfg.name == DatasetName.var:
+        return make_var(cfg)
+    return make_corpus(cfg, default_data_dir, cache_dir, progress)

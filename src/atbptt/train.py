@@ -1,0 +1,393 @@
+"""The training loop: TBPTT chunks, evaluations, K (re-)estimation, checkpoints, logs.
+
+``run(cfg, run_dir)`` trains one model into ``run_dir`` and returns its final status.
+Re-running it on the same directory resumes from the last checkpoint (taken at every
+evaluation, written atomically); a finished run is left as it is.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from . import adaptive
+from .config import Config, ConfigError, Device, MethodName
+from .data import TaskData, load_task
+from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
+from .models import ModelSpec, RNNModel, num_params
+from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_loss
+
+CHECKPOINT = "checkpoint.pt"
+DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def resolve_device(choice: Device) -> torch.device:
+    if choice == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is available; use device=auto or device=cpu")
+    if choice == Device.cpu or (choice == Device.auto and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def build_model(cfg: Config, data: TaskData, device: torch.device) -> RNNModel:
+    """Initial weights depend on ``seed`` alone: the same for every method and K."""
+    m = cfg.model
+    spec = ModelSpec(m.cell, data.input_size, data.output_size, data.token_inputs, m.hidden_size,
+                     m.num_layers, m.embedding_size, m.dropout, m.tie_weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = RNNModel(spec)
+    return model.to(device)
+
+
+@dataclass
+class Progress:
+    """Everything a checkpoint restores besides model, optimizer and RNG states."""
+
+    K: int
+    epoch: int = 0
+    step: int = 0  # training chunks (optimizer steps)
+    tokens: int = 0  # training tokens consumed (new steps x streams)
+    train_time: float = 0.0
+    wall_time: float = 0.0
+    estimation_time: float = 0.0
+    evals: int = 0  # rows written to metrics.csv
+    chunks_since_estimate: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    estimate: Optional[dict] = None  # last K estimate (arrays as lists), for logging
+    done: bool = False
+
+    def fraction(self, pos: int, length: int) -> float:
+        return self.epoch + pos / length
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    run_dir: Path
+    data: TaskData
+    model: RNNModel
+    device: torch.device
+    optimizer: torch.optim.Optimizer = field(init=False)
+    progress: Progress = field(init=False)
+    walker: Walker = field(init=False)
+    estimator_rng: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.progress = Progress(K=cfg.K)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr(cfg.K),
+                                         weight_decay=cfg.optim.weight_decay)
+        self.walker = Walker.start(self.model, self.data.train.num_streams, self.device)
+        self.estimator_rng = torch.Generator().manual_seed(cfg.seed + 7919)
+        self.loss_fn = sequence_loss(self.data.classification)
+        self.window_loss = last_step_loss(self.data.classification)
+        self.metrics = MetricsWriter(self.run_dir / "metrics.csv")
+
+    # ------------------------------------------------------------------ K and the step size
+    def lr(self, K: int) -> float:
+        return self.cfg.optim.lr * K ** self.cfg.optim.lr_power
+
+    def set_K(self, K: int) -> None:
+        self.progress.K = K
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(K)
+
+    # ---------------------------------------------------------------------- one chunk
+    def train_chunk(self) -> torch.Tensor:
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, steps = chunk_forward(self.model, self.data.train, self.walker, self.progress.K,
+                                    cfg.method.style, self.loss_fn, self.device)
+        loss.backward()
+        # NOTES §4: clip at clip / K, step lr * K^p
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip / self.progress.K)
+        self.optimizer.step()
+        p = self.progress
+        p.step += 1
+        p.tokens += steps * self.data.train.num_streams
+        p.chunks_since_estimate += 1
+        return loss.detach()
+
+    # --------------------------------------------------------------------- estimation
+    def estimate(self, num_estimates: int) -> adaptive.Estimate:
+        m = self.cfg.method
+        was_training = self.model.training
+        self.model.eval()  # no dropout: deterministic, and the global RNG is left alone
+        try:
+            est = adaptive.estimate(
+                self.model, self.data.train.inputs, self.data.train.targets, window=m.window,
+                burn_in=m.burn_in, num_windows=m.num_windows, num_estimates=num_estimates,
+                loss_fn=self.window_loss, generator=self.estimator_rng, beta_method=m.beta_method,
+                tau=m.tau, deltas=(*DELTAS, self.cfg.delta), k_min=m.k_min, k_max=m.k_max, device=self.device)
+        finally:
+            self.model.train(was_training)
+        self.progress.estimation_time += est.seconds
+        return est
+
+    def maybe_reestimate(self) -> None:
+        """Adaptive method: every ``reestimate_every`` chunks, K <- K_hat(delta) (time counts)."""
+        m, p = self.cfg.method, self.progress
+        if m.name != MethodName.adaptive or p.chunks_since_estimate < m.reestimate_every:
+            return
+        est = self.estimate(m.num_estimates)
+        p.chunks_since_estimate = 0
+        p.estimate = _estimate_record(est, self.cfg.delta)
+        self.set_K(p.estimate["K_chosen"])
+
+    # --------------------------------------------------------------------- evaluation
+    def log_estimate(self) -> Optional[dict]:
+        """The estimate shown in the logs: the adaptive run's latest K estimate, else fresh
+        profiles (diagnostic only: their time is logged but is not training time)."""
+        p, m = self.progress, self.cfg.method
+        if m.name == MethodName.adaptive and p.estimate is not None:
+            return p.estimate
+        if m.log_estimates == 0:
+            return None
+        return _estimate_record(self.estimate(m.log_estimates), self.cfg.delta)
+
+    def audit(self) -> Optional[float]:
+        m = self.cfg.method
+        if not m.audit:
+            return None
+        t0 = time.perf_counter()
+        bias = audit_bias(self.model, self.data.train, self.cfg, self.progress.K, self.window_loss,
+                          self.estimator_rng, self.device)
+        self.progress.estimation_time += time.perf_counter() - t0
+        return bias
+
+    def evaluate_row(self, train_loss: Optional[float]) -> Dict[str, object]:
+        p, data = self.progress, self.data
+        chunk = self.cfg.dataset.eval_chunk
+        valid = evaluate(self.model, data.valid, chunk, self.loss_fn, self.device)
+        test = evaluate(self.model, data.test, chunk, self.loss_fn, self.device)
+        est = self.log_estimate()
+        row = {"eval": p.evals, "epoch": round(self.fraction(), 6), "step": p.step,
+               "tokens": p.tokens, "train_loss": train_loss, "valid_loss": valid, "test_loss": test,
+               "K": p.K, "lr": self.lr(p.K), "true_rel_bias": self.audit()}
+        if data.classification:
+            row.update(valid_ppl=_ppl(valid), test_ppl=_ppl(test))
+        if est is not None:
+            rel = est["rel_bias"]
+            row.update(beta_hat=est["beta_hat"], delta_hat=rel[min(p.K, len(rel)) - 1],
+                       **{f"K_hat_{d}": est["K_hat"][d] for d in DELTAS})
+            write_profile(self.run_dir / "profiles" / f"eval_{p.evals:05d}.csv",
+                          np.asarray(est["phi"]), np.asarray(est["cum"]), np.asarray(est["tail"]),
+                          est["beta_hat"], est["tau"])
+        return row
+
+    def fraction(self) -> float:
+        return self.progress.fraction(self.walker.pos, self.data.train.length)
+
+    # -------------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        p = self.progress
+        payload = {
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(p), "walker": (self.walker.pos, self.walker.anchor, self.walker.state),
+            "rng": torch.get_rng_state(), "estimator_rng": self.estimator_rng.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+        }
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_name(CHECKPOINT + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+
+    def load(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.progress = Progress(**payload["progress"])
+        pos, anchor, state = payload["walker"]
+        self.walker = Walker(pos, anchor, state)
+        torch.set_rng_state(payload["rng"])
+        self.estimator_rng.set_state(payload["estimator_rng"])
+        if payload["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        self.set_K(self.progress.K)
+
+    # ----------------------------------------------------------------------- the loop
+    def fit(self) -> None:
+        """Train until the epoch or time budget is spent, evaluating ``evals_per_epoch`` times
+        per epoch (and once before training); checkpoint after every evaluation."""
+        cfg, p, length = self.cfg, self.progress, self.data.train.length
+        session_start, wall_base = time.perf_counter(), p.wall_time
+        if p.evals == 0:
+            self.eval_and_save(None, wall_base)
+        loss_acc = torch.zeros((), device=self.device)
+        chunks = 0
+        while not p.done:
+            if self.walker.pos >= length:  # new epoch: fresh state, from the start
+                p.epoch += 1
+                self.walker = Walker.start(self.model, self.data.train.num_streams, self.device)
+            t0 = time.perf_counter()
+            loss_acc += self.train_chunk()
+            self.maybe_reestimate()
+            chunks += 1
+            if chunks % DIVERGENCE_CHECK_EVERY == 0:
+                _check_finite(loss_acc)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            p.train_time += time.perf_counter() - t0
+            p.done = (self.fraction() >= cfg.epochs - 1e-9
+                      or (cfg.max_time is not None and p.train_time >= cfg.max_time))
+            if p.done or self.fraction() >= (p.evals) / cfg.evals_per_epoch - 1e-9:
+                train_loss = _check_finite(loss_acc) / chunks
+                loss_acc.zero_()
+                chunks = 0
+                self.eval_and_save(train_loss, wall_base + time.perf_counter() - session_start)
+                self._print_progress(train_loss)
+
+    def eval_and_save(self, train_loss: Optional[float], wall_time: float) -> None:
+        p = self.progress
+        row = self.evaluate_row(train_loss)
+        p.wall_time = wall_time
+        row.update(train_time=p.train_time, wall_time=wall_time, estimation_time=p.estimation_time)
+        self.metrics.append(row)
+        self.last_row = row
+        p.evals += 1
+        self.save()
+
+    def _print_progress(self, train_loss: float) -> None:
+        if not self.cfg.progress:
+            return
+        p, valid = self.progress, self.last_row["valid_loss"]
+        rate = p.tokens / max(p.train_time, 1e-9)
+        metric = f"valid ppl {_ppl(valid):9.3f}" if self.data.classification else f"valid loss {valid:.5f}"
+        print(f"epoch {self.fraction():7.3f} | step {p.step:6d} | train loss {train_loss:.4f} | "
+              f"{metric} | K {p.K:4d} | {rate:9.0f} tok/s | {p.train_time:7.1f} s", flush=True)
+
+
+def _check_finite(loss_acc: torch.Tensor) -> float:
+    value = float(loss_acc)
+    if not math.isfinite(value):
+        raise Diverged(f"training loss became {value}")
+    return value
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _estimate_record(est: "adaptive.Estimate", delta: float) -> dict:
+    """Plain-Python copy of an estimate (checkpointable), with K_hat(delta) for the run's delta."""
+    return {"phi": np.asarray(est.phi).tolist(), "cum": np.asarray(est.cum).tolist(),
+            "tail": np.asarray(est.tail).tolist(), "rel_bias": np.asarray(est.rel_bias).tolist(),
+            "beta_hat": float(est.beta_hat), "tau": int(est.tau),
+            "K_hat": {d: int(est.K_hat[d]) for d in DELTAS}, "K_chosen": int(est.K_hat[delta])}
+
+
+def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, device) -> float:
+    """True relative bias of TBPTT(K) on fresh estimation windows (``method.audit``)."""
+    m = cfg.method
+    was_training = model.training
+    model.eval()
+    try:
+        x, y = adaptive.sample_windows(split.inputs, split.targets, m.burn_in + m.window,
+                                       m.num_windows, generator)
+        x, y = x.to(device), y.to(device)
+        state = model.init_state(m.num_windows, device)
+        if m.burn_in > 0:
+            with torch.no_grad():
+                _, state = model.recur(x[:m.burn_in], state)
+        return adaptive.true_relative_bias(model, x[m.burn_in:], y[m.burn_in:], state, loss_fn,
+                                           min(K, m.window))
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- one run
+def _config_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Configs that describe the same run (presentation keys may differ on a resume)."""
+    ignore = {"progress", "threads", "device"}
+    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+
+
+def _run_info(cfg: Config, data: TaskData, model: RNNModel, device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware()["cpu"]
+    return {
+        "status": "running", "message": "", "experiment": cfg.experiment, "dataset": data.name,
+        "task": "classification" if data.classification else "regression",
+        "method": cfg.method.name.value, "K": cfg.K, "delta": cfg.delta, "seed": cfg.seed,
+        "style": cfg.method.style.value, "model": f"{cfg.model.cell.value.upper()} "
+        f"{cfg.model.num_layers}x{cfg.model.hidden_size}",
+        "vocab_size": data.info.get("vocab_size"), "dims": data.info.get("dims"),
+        "true_rho": data.info.get("true_rho"), "tokens": data.tokens, "num_params": num_params(model),
+        "device": device.type, "device_name": name, "torch_version": torch.__version__,
+        "git_commit": git_commit(Path(__file__).resolve().parent), **hardware(),
+        "threads": torch.get_num_threads(), "epochs_budget": cfg.epochs, "max_time": cfg.max_time,
+        "start_time": now_iso(), "end_time": None, "config": _config_dict(cfg),
+    }
+
+
+def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
+        cache_dir: Optional[Path] = None) -> str:
+    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info_path, ckpt_path = run_dir / "run.json", run_dir / CHECKPOINT
+    info = read_json(info_path)
+    if info is not None and not _same_run(info.get("config", {}), _config_dict(cfg)):
+        raise ConfigError(f"{run_dir} holds a different run; pick another output directory "
+                          "(hydra.run.dir=...) instead of overwriting it")
+    if info is not None and info["status"] in ("finished", "diverged"):
+        print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
+        return str(info["status"])
+    torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)  # denormals slow a diverging run tenfold
+    device = resolve_device(cfg.device)
+    data = load_task(cfg.dataset, default_data_dir, cache_dir, progress=cfg.progress)
+    trainer = Trainer(cfg, run_dir, data, build_model(cfg, data, device), device)
+    if ckpt_path.exists() and info is not None:
+        trainer.load(torch.load(ckpt_path, map_location=device, weights_only=False))
+        trainer.metrics.truncate(trainer.progress.evals)
+        _say(cfg, f"resuming {run_dir} at epoch {trainer.fraction():.3f} ({trainer.progress.evals} evaluations)")
+    else:
+        trainer.metrics.truncate(0)
+        info = _run_info(cfg, data, trainer.model, device)
+    info.update(status="running", message="", end_time=None)
+    write_json(info_path, info)
+    _say(cfg, f"{data.name}: {info['model']}, {info['num_params']:,} parameters, {device}, "
+              f"method={cfg.method.name.value} K={cfg.K} delta={cfg.delta} -> {run_dir}")
+    return _finish(trainer, info, info_path)
+
+
+def _finish(trainer: Trainer, info: dict, info_path: Path) -> str:
+    try:
+        trainer.fit()
+        info.update(status="finished")
+    except Diverged as err:
+        info.update(status="diverged", message=f"diverged at epoch {trainer.fraction():.3f}: {err}")
+        print(f"{info_path.parent}: {info['message']}", file=sys.stderr, flush=True)
+    except BaseException as err:  # recorded, then re-raised: KeyboardInterrupt included
+        info.update(status="failed", message=f"{type(err).__name__}: {err}")
+        info["end_time"] = now_iso()
+        write_json(info_path, info)
+        raise
+    info["end_time"] = now_iso()
+    write_json(info_path, info)
+    if info["status"] == "finished":
+        (info_path.parent / CHECKPOINT).unlink(missing_ok=True)  # the metrics stay
+    return str(info["status"])
+
+
+def _say(cfg: Config, text: str) -> None:
+    if cfg.progress:
+        print(text, flush=True)

@@ -1,0 +1,150 @@
+"""One-line errors for bad input, checked before Hydra runs anything.
+
+``precheck(argv)`` composes the config for every value of every command-line override (sweep
+values one at a time) with Hydra's compose API and returns a one-line message naming the key
+and what is allowed, or ``None``. ``to_config`` turns a composed config into typed objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import Config, ConfigError, register_configs
+
+GROUPS = ("dataset", "model", "method", "experiment", "setting")
+# flags after which Hydra does not run a job (help, printing the config, completion...)
+_NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
+
+
+def group_options(group: str) -> List[str]:
+    folder = resources.files("atbptt.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Typed ``Config`` (runs every ``__post_init__`` check); raises ``ConfigError``."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
+        raise ConfigError(_first_line(cause)) from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _schema_keys(path: List[str]) -> Optional[List[str]]:
+    """Allowed keys at ``path`` of the schema, or None if ``path`` is not a section."""
+    node: object = Config()
+    for part in path:
+        node = getattr(node, part, None)
+        if not dataclasses.is_dataclass(node):
+            return None
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _check_key(key: str) -> Optional[str]:
+    parts = key.split(".")
+    allowed = _schema_keys(parts[:-1])
+    if allowed is None:
+        allowed = _schema_keys([])
+        return f"unknown key '{key}'; top-level keys are: {', '.join(allowed)}"
+    if parts[-1] not in allowed:
+        where = ".".join(parts[:-1]) or "top-level"
+        return f"unknown key '{key}'; {where} keys are: {', '.join(allowed)}"
+    return None
+
+
+def _check_output_dir(value: str) -> Optional[str]:
+    """The nearest existing folder above the static part of ``value`` must take a new file."""
+    static = value.split("${", 1)[0]
+    path = Path(static or ".").expanduser().absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"output directory '{value}' is not writable: '{path}' is a file"
+    try:
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return f"output directory '{value}' is not writable ({err.strerror}: {path})"
+    return None
+
+
+def precheck(argv: List[str]) -> Optional[str]:
+    if any(a in _NO_JOB_FLAGS or a.startswith("--cfg") for a in argv):
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # noqa: BLE001 - Hydra's grammar errors are plain exceptions
+        return f"cannot parse overrides: {_first_line(err)}"
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    out_dir = "results/sweeps" if multirun else "results/runs"
+    plain, choices = [], {}
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra"):
+            if key == dir_key:
+                out_dir = o.value() if isinstance(o.value(), str) else str(o.value())
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        if o.is_sweep_override() and not multirun:
+            return f"{o.input_line}: a sweep needs -m (multirun)"
+        message = _check_override(o.key_or_group, values, o.is_add(), o.is_delete())
+        if message:
+            return f"{o.input_line}: {message}"
+        choices[o.input_line] = [f"{'+' if o.is_add() else ''}{key}={v}" for v in values]
+        plain.append(choices[o.input_line][0])
+    return _check_output_dir(out_dir) or _compose_all(plain, choices)
+
+
+def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) -> Optional[str]:
+    if is_delete:
+        return "deleting keys is not supported"
+    if key in GROUPS or key.split("@")[0] in GROUPS:
+        options = group_options(key.split("@")[0])
+        bad = [v for v in values if v not in options and v != "null"]
+        if bad:
+            return f"unknown {key} '{bad[0]}'; allowed: {', '.join(options)}"
+        return None
+    return _check_key(key)
+
+
+def _compose_all(plain: List[str], choices: Dict[str, List[str]]) -> Optional[str]:
+    """Compose once per sweep value (the others at their first value) and validate."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    variants = [plain] + [[v if p == vals[0] else p for p in plain] for vals in choices.values()
+                          for v in vals[1:]]
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        for overrides in variants:
+            try:
+                config = to_config(compose(config_name="config", overrides=overrides))
+                _check_device(config)
+            except ConfigError as err:
+                return str(err)
+            except Exception as err:  # noqa: BLE001 - composition errors name the override
+                cause = err.__cause__ or err
+                return _first_line(err) + (f" ({_first_line(cause)})" if cause is not err else "")
+    return None
+
+
+def _check_device(config: Config) -> None:
+    if config.device.value == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is available; allowed here: auto, cpu")
+
