@@ -5,6 +5,7 @@ gives one line naming the key and what is allowed, and a non-zero exit, not a tr
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import traceback
 from pathlib import Path
@@ -12,12 +13,24 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, register_configs
 from .validate import precheck, to_config
 
 register_configs()
+MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
+
+
+def short_dirname(overrides: str) -> str:
+    """A sweep job's sub-directory: its overrides, shortened with a stable hash if too long."""
+    if len(overrides) <= MAX_DIRNAME:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return f"{overrides[:MAX_DIRNAME - 11]}~{digest}"
+
+
+OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 
 def _fail(message: str, code: int = 2) -> None:

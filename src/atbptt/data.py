@@ -195,7 +195,7 @@ def make_corpus(cfg: DatasetConfig, default_data_dir: Path, cache_dir: Optional[
     test = lm_split(corpus.test, cfg.eval_batch_size)
     data = _task(cfg.name.value, train, valid, test, True, corpus.vocab_size, corpus.vocab_size,
                  True, {"vocab_size": corpus.vocab_size, "data_dir": str(data_dir)})
-    data.tokens = dict(corpus.tokens)  # the corpus counts (NOTES §8), not the batchified ones
+    data.tokens = dict(corpus.num_tokens)  # the corpus counts (NOTES §8), not the batchified ones
     return data
 
 

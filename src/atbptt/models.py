@@ -61,8 +61,9 @@ class RNNModel(nn.Module):
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         shape = (self.spec.num_layers, batch_size, self.spec.hidden_size)
-        h = torch.zeros(shape, device=device)
-        return (h, torch.zeros(shape, device=device)) if self.is_lstm else h
+        dtype = self.decoder.weight.dtype
+        h = torch.zeros(shape, device=device, dtype=dtype)
+        return (h, torch.zeros(shape, device=device, dtype=dtype)) if self.is_lstm else h
 
     def recur(self, x: Tensor, state: State) -> Tuple[Tensor, State]:
         """Run the recurrent core only: returns top-layer hidden ``[T, B, H]`` and the state."""

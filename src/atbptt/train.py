@@ -354,7 +354,9 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
     torch.set_flush_denormal(True)  # denormals slow a diverging run tenfold
     device = resolve_device(cfg.device)
     data = load_task(cfg.dataset, default_data_dir, cache_dir, progress=cfg.progress)
-    trainer = Trainer(cfg, run_dir, data, build_model(cfg, data, device), device)
+    model = build_model(cfg, data, device)
+    torch.manual_seed(cfg.seed + 1)  # training randomness (dropout); restored on resume
+    trainer = Trainer(cfg, run_dir, data, model, device)
     if ckpt_path.exists() and info is not None:
         trainer.load(torch.load(ckpt_path, map_location=device, weights_only=False))
         trainer.metrics.truncate(trainer.progress.evals)

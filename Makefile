@@ -1,0 +1,61 @@
+# atbptt — common tasks. `make help` lists them.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DATA    ?= $(abspath ../shared/data)
+export ATBPTT_DATA ?= $(DATA)
+
+.PHONY: help setup run test test-fast bench figures aggregate sweep-copy sweep-copy-variable \
+        sweep-linear sweep-var sweep-ptb-cpu sweep-wikitext2-cpu clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # CPU wheel; an unpinned torch may pull a multi-GB CUDA build
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install torch 2.13.0 (CPU), atbptt and test tools (idempotent)
+
+run: setup  ## train the default model (LSTM on the copy task, ~2 min on 2 CPU cores)
+	$(BIN)/atbptt-run
+
+test: setup  ## run the test suite (CPU, a few minutes)
+	$(BIN)/pytest -q
+
+test-fast: setup  ## the tests without the multi-process sweeps
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup  ## benchmarks: ratios against baselines timed in the same process
+	$(BIN)/python scripts/bench.py
+
+aggregate: setup  ## collect results/sweeps/* run directories into results/<experiment>/*.csv
+	$(BIN)/python scripts/aggregate.py --runs results/sweeps --out results
+
+figures: setup  ## rebuild every figure and table from the committed CSVs (no training)
+	$(BIN)/python scripts/figures.py --results results
+
+sweep-copy: setup  ## copy task m=10: K in {5,10,15,20,30}, delta in {0.9,0.5,0.1}, 3 seeds
+	$(BIN)/atbptt-run -m experiment=copy_fixed
+
+sweep-copy-variable: setup  ## copy task m in [5,10]: same grid
+	$(BIN)/atbptt-run -m experiment=copy_variable
+
+sweep-linear: setup  ## linear state-space system: K and delta grids over rho
+	$(BIN)/atbptt-run -m experiment=linear
+
+sweep-var: setup  ## VAR(p) forecasting: K and delta grids over rho
+	$(BIN)/atbptt-run -m experiment=var
+
+sweep-ptb-cpu: setup  ## PTB at width 200 (CPU scale)
+	$(BIN)/atbptt-run -m experiment=ptb_cpu
+
+sweep-wikitext2-cpu: setup  ## WikiText-2 at width 200 (CPU scale)
+	$(BIN)/atbptt-run -m experiment=wikitext2_cpu
+
+clean:  ## remove caches and local run directories (keeps results/*/ CSVs and figures)
+	rm -rf .pytest_cache results/runs build *.egg-info

@@ -1,0 +1,414 @@
+"""Collect training runs into tidy per-experiment tables (CSV/JSON/YAML in, CSV/JSON out).
+
+Usage:
+    python scripts/aggregate.py                       # every run under results/sweeps
+    python scripts/aggregate.py --runs results/sweeps results/runs --out results
+    python scripts/aggregate.py --experiment copy
+
+A run directory is any directory holding ``run.json`` (found recursively, so every sweep
+timestamp of an experiment is included). For each experiment this writes into
+``<out>/<experiment>/``:
+
+- ``runs.csv``       one row per run and evaluation (metrics.csv joined with run identifiers);
+- ``summary.csv``    one row per method setting (fixed K, or adaptive delta);
+- ``profiles.csv``   the last gradient-norm profile of every run;
+- ``provenance.json`` code versions, hardware, budgets, statuses, compute spent.
+
+'Best' follows NOTES §4: the evaluation with the lowest validation PPL (validation loss for
+regression tasks); the test metric is read at that same evaluation. Means and standard
+deviations (ddof=1) are over the runs of a setting that have at least one finite validation
+value, diverged runs included (their best came before they diverged). Diverged and failed
+runs are never dropped: they appear in runs.csv (a failed run without metrics gets one empty
+row) and are counted in summary.csv.
+
+Never imports the training package or torch: analysis stays independent of training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ID_COLUMNS = ["experiment", "dataset", "task", "method", "K", "delta", "seed", "setting",
+              "status", "true_rho", "scale", "run_dir"]
+METRIC_COLUMNS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
+                  "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K_in_use",
+                  "lr", "beta_hat", "delta_hat", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5",
+                  "K_hat_0.1", "true_rel_bias"]
+PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
+BEST_COLUMNS = ["has_best", "final_K", "beta_hat", "final_epoch", "final_train_time",
+                "best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best",
+                "epoch_at_best", "train_time_at_best"]
+STATUSES = ["finished", "diverged", "failed", "running"]
+
+
+# ----------------------------------------------------------------------------- reading runs
+def find_run_dirs(roots: list[Path]) -> list[Path]:
+    """Every directory under the roots that holds a run.json (sorted, unique)."""
+    found = set()
+    for root in roots:
+        if (root / "run.json").is_file():
+            found.add(root.resolve())
+        found.update(p.parent.resolve() for p in root.rglob("run.json"))
+    return sorted(found)
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _first(*values):
+    """The first value that is not None (run.json first, then config.yaml)."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def read_meta(run_dir: Path) -> dict:
+    """Run identifiers and provenance: run.json, falling back to .hydra/config.yaml."""
+    with open(run_dir / "run.json") as f:
+        meta = json.load(f)
+    cfg = _config(run_dir)
+    dataset_cfg = cfg.get("dataset") or {}
+    method_cfg = cfg.get("method") or {}
+    meta["experiment"] = _first(meta.get("experiment"), cfg.get("experiment"), "default")
+    meta["dataset"] = _first(meta.get("dataset"), dataset_cfg.get("name"))
+    meta["method"] = _first(meta.get("method"), method_cfg.get("name"), "fixed")
+    meta["K"] = int(_first(meta.get("K"), cfg.get("K")))
+    meta["delta"] = float(_first(meta.get("delta"), cfg.get("delta"), math.nan))
+    meta["seed"] = int(_first(meta.get("seed"), cfg.get("seed"), 0))
+    meta["epochs_budget"] = _first(meta.get("epochs_budget"), cfg.get("epochs"))
+    meta["max_time"] = _first(meta.get("max_time"), cfg.get("max_time"))
+    if meta.get("true_rho") is None and meta["dataset"] in ("linear", "var"):
+        meta["true_rho"] = dataset_cfg.get("rho")
+    meta.setdefault("status", "failed")
+    meta.setdefault("task", None)
+    meta["run_dir"] = display_path(run_dir)
+    return meta
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory when below it (committed tables stay portable)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv with the per-eval K renamed K_in_use; empty frame if missing or empty."""
+    path = run_dir / "metrics.csv"
+    try:
+        frame = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        frame = pd.DataFrame()
+    frame = frame.rename(columns={"K": "K_in_use"})
+    for column in METRIC_COLUMNS:
+        if column not in frame:
+            frame[column] = np.nan
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame[METRIC_COLUMNS]
+
+
+def read_last_profile(run_dir: Path) -> pd.DataFrame | None:
+    """The profile of the last evaluation that wrote one (profiles/eval_NNNNN.csv)."""
+    paths = sorted((run_dir / "profiles").glob("eval_*.csv"))
+    for path in reversed(paths):
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        frame.insert(0, "eval", int(path.stem.split("_")[-1]))
+        return frame
+    return None
+
+
+# ----------------------------------------------------------------------------- run identity
+def infer_task(meta: dict, metrics: pd.DataFrame) -> str:
+    """run.json's task, else regression for linear/VAR or for losses without perplexities."""
+    if meta.get("task") in ("classification", "regression"):
+        return meta["task"]
+    if meta.get("dataset") in ("linear", "var"):
+        return "regression"
+    has_ppl = metrics[["valid_ppl", "test_ppl"]].notna().any().any()
+    has_loss = metrics["valid_loss"].notna().any()
+    return "regression" if has_loss and not has_ppl else "classification"
+
+
+def setting_label(method: str, K: int, delta: float) -> str:
+    return f"K={K}" if method == "fixed" else f"δ={delta:g}"
+
+
+def setting_key(meta: dict) -> tuple:
+    """Runs of one method setting: fixed runs differ by K only (delta is unused there)."""
+    delta = None if meta["method"] == "fixed" else meta["delta"]
+    return (meta["experiment"], meta["method"], meta["K"], delta)
+
+
+def _preference(meta: dict) -> tuple:
+    """Sort key for duplicates: finished first, then the most recent start."""
+    started = meta.get("start_time") or ""
+    return (meta.get("status") == "finished", str(started), meta["run_dir"])
+
+
+def deduplicate(metas: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Keep one run per (experiment, method, K, delta, seed): finished, then most recent.
+
+    A fixed-K run ignores delta, so fixed runs that differ only in delta are duplicates too.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for meta in metas:
+        key = setting_key(meta) + (meta["seed"],)
+        groups.setdefault(key, []).append(meta)
+    kept, notes = [], []
+    for key, group in groups.items():
+        group.sort(key=_preference, reverse=True)
+        kept.append(group[0])
+        for dropped in group[1:]:
+            notes.append((key[0], f"duplicate {key}: kept {group[0]['run_dir']} "
+                          f"({group[0]['status']}), dropped {dropped['run_dir']} "
+                          f"({dropped['status']})"))
+    return kept, notes
+
+
+def label_settings(metas: list[dict]) -> None:
+    """'K=10' / 'δ=0.1'; adaptive labels get the starting K only when it is ambiguous."""
+    starts: dict[tuple, set] = {}
+    for meta in metas:
+        if meta["method"] != "fixed":
+            starts.setdefault((meta["experiment"], meta["delta"]), set()).add(meta["K"])
+    for meta in metas:
+        label = setting_label(meta["method"], meta["K"], meta["delta"])
+        if meta["method"] != "fixed" and len(starts[(meta["experiment"], meta["delta"])]) > 1:
+            label += f" (K0={meta['K']})"
+        meta["setting"] = label
+
+
+# ----------------------------------------------------------------------------- tables
+def integer_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Counters stay integers in the CSV even beside the empty row of a failed run."""
+    for column in ["eval", "step", "tokens", "K_in_use", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5",
+                   "K_hat_0.1"]:
+        values = frame[column].dropna()
+        if np.isfinite(values).all() and (values == values.round()).all():
+            frame[column] = frame[column].round().astype("Int64")
+    return frame
+
+
+def run_rows(meta: dict, metrics: pd.DataFrame) -> pd.DataFrame:
+    """metrics rows with identifiers; one empty row for a run that logged nothing."""
+    frame = metrics if len(metrics) else pd.DataFrame([{c: np.nan for c in METRIC_COLUMNS}])
+    frame = frame.copy()
+    for i, column in enumerate(ID_COLUMNS):
+        frame.insert(i, column, meta.get(column))
+    return frame
+
+
+def _finite(series: pd.Series) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    return values[np.isfinite(values)]
+
+
+def best_of_run(run: pd.DataFrame, task: str) -> dict:
+    """Best validation eval of one run and the metrics read at it (NOTES §4)."""
+    metric = "ppl" if task == "classification" else "loss"
+    valid = _finite(run[f"valid_{metric}"])
+    out = {"final_K": _last(run["K_in_use"]), "beta_hat": _finite(run["beta_hat"]).mean(),
+           "final_epoch": _last(run["epoch"]), "final_train_time": _last(run["train_time"])}
+    if valid.empty:
+        return out
+    row = run.loc[valid.idxmin()]
+    out.update({"has_best": True, "best_valid_ppl": row["valid_ppl"],
+                "test_ppl_at_best": row["test_ppl"], "best_valid_loss": row["valid_loss"],
+                "test_loss_at_best": row["test_loss"],
+                "epoch_at_best": row["epoch"], "train_time_at_best": row["train_time"]})
+    if task != "classification":
+        out["best_valid_ppl"] = out["test_ppl_at_best"] = np.nan
+    return out
+
+
+def _last(series: pd.Series) -> float:
+    values = _finite(series)
+    return values.iloc[-1] if len(values) else np.nan
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per method setting: counts, best valid / test at best (mean, sd over seeds)."""
+    per_run = []
+    for run_dir, run in runs.groupby("run_dir", sort=False):
+        first = run.iloc[0]
+        per_run.append({**{c: first[c] for c in ID_COLUMNS}, **best_of_run(run, first["task"])})
+    per_run = pd.DataFrame(per_run).reindex(columns=ID_COLUMNS + BEST_COLUMNS)
+    per_run["delta_key"] = per_run["delta"].where(per_run["method"] != "fixed", np.nan)
+    rows = []
+    keys = ["experiment", "method", "K", "delta_key", "setting"]
+    for key, group in per_run.groupby(keys, sort=False, dropna=False):
+        rows.append(_summary_row(dict(zip(keys, key)), group))
+    summary = pd.DataFrame(rows).rename(columns={"delta_key": "delta"})
+    return sort_settings(summary)
+
+
+def _summary_row(key: dict, group: pd.DataFrame) -> dict:
+    status = group["status"].value_counts()
+    used = group[group["has_best"].fillna(False).astype(bool)]
+    row = {**key, "dataset": group["dataset"].iloc[0], "task": group["task"].iloc[0],
+           "n_seeds": len(group), **{f"n_{s}": int(status.get(s, 0)) for s in STATUSES},
+           "n_in_mean": len(used)}
+    for column in ["best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best"]:
+        row[f"{column}_mean"] = used[column].mean()
+        row[f"{column}_sd"] = used[column].std(ddof=1)  # NaN for a single seed
+    for column in ["epoch_at_best", "train_time_at_best"]:
+        row[f"{column}_mean"] = used[column].mean()
+    row["final_K_mean"] = group["final_K"].mean()
+    row["beta_hat_mean"] = group["beta_hat"].mean()
+    row["final_epoch_mean"] = group["final_epoch"].mean()
+    row["true_rho"] = group["true_rho"].iloc[0]
+    row["scale"] = group["scale"].iloc[0]
+    return row
+
+
+def sort_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fixed K ascending, then adaptive delta descending (the paper's table order)."""
+    order = frame.assign(_fixed=frame["method"] != "fixed",
+                         _delta=-frame["delta"].fillna(0), _K=frame["K"])
+    order = order.sort_values(["experiment", "_fixed", "_delta", "_K"])
+    return order.drop(columns=["_fixed", "_delta", "_K"]).reset_index(drop=True)
+
+
+def profile_rows(meta: dict) -> pd.DataFrame | None:
+    profile = read_last_profile(Path(meta["run_dir"]))
+    if profile is None:
+        return None
+    for column in PROFILE_COLUMNS:
+        if column not in profile:
+            profile[column] = np.nan
+    profile = profile[["eval"] + PROFILE_COLUMNS].copy()
+    for i, column in enumerate(["experiment", "dataset", "method", "K", "delta", "seed",
+                                "setting", "status", "true_rho", "run_dir"]):
+        profile.insert(i, column, meta.get(column))
+    return profile
+
+
+# ----------------------------------------------------------------------------- provenance
+def _unique(metas: list[dict], key: str) -> list:
+    return sorted({m[key] for m in metas if m.get(key) is not None}, key=str)
+
+
+def provenance(metas: list[dict], runs: pd.DataFrame, notes: list[str]) -> dict:
+    """Code, hardware, budgets and compute spent by one experiment's runs."""
+    final_time = runs.groupby("run_dir")["train_time"].max().fillna(0.0)
+    threads = {m["run_dir"]: (m.get("threads") or 1) for m in metas}
+    core_seconds = sum(t * threads[d] for d, t in final_time.items())
+    status = pd.Series([m["status"] for m in metas]).value_counts()
+    return {
+        "n_runs": len(metas),
+        "runs_per_status": {s: int(n) for s, n in status.items()},
+        "git_commits": _unique(metas, "git_commit"),
+        "devices": _unique(metas, "device"),
+        "device_names": _unique(metas, "device_name"),
+        "cpus": _unique(metas, "cpu"),
+        "hostnames": _unique(metas, "hostname"),
+        "torch_versions": _unique(metas, "torch_version"),
+        "threads": _unique(metas, "threads"),
+        "epochs_budget": _unique(metas, "epochs_budget"),
+        "max_time": _unique(metas, "max_time"),
+        "scale": _unique(metas, "scale"),
+        "datasets": _unique(metas, "dataset"),
+        "train_time_hours": round(float(final_time.sum()) / 3600, 4),
+        "train_core_hours": round(core_seconds / 3600, 4),
+        "first_start": min((m["start_time"] for m in metas if m.get("start_time")), default=None),
+        "last_end": max((m["end_time"] for m in metas if m.get("end_time")), default=None),
+        "duplicates_dropped": notes,
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+def collect(roots: list[Path], experiment: str | None) -> tuple[dict, list[tuple[str, str]]]:
+    """{experiment: (metas, runs frame)} for every run found, duplicates removed."""
+    metas = []
+    for run_dir in find_run_dirs(roots):
+        try:
+            meta = read_meta(run_dir)
+        except (json.JSONDecodeError, OSError, TypeError, ValueError) as error:
+            print(f"skipping {run_dir}: unreadable run.json/config ({error})")
+            continue
+        if experiment is None or meta["experiment"] == experiment:
+            metas.append(meta)
+    metas, notes = deduplicate(metas)
+    label_settings(metas)
+    by_experiment: dict[str, tuple[list, list]] = {}
+    for meta in metas:
+        metrics = read_metrics(Path(meta["run_dir"]))
+        meta["task"] = infer_task(meta, metrics)
+        metas_of, frames = by_experiment.setdefault(meta["experiment"], ([], []))
+        metas_of.append(meta)
+        frames.append(run_rows(meta, metrics))
+    return {name: (m, pd.concat(f, ignore_index=True)) for name, (m, f) in
+            by_experiment.items()}, notes
+
+
+def write_experiment(name: str, metas: list[dict], runs: pd.DataFrame, notes: list[str],
+                     out: Path) -> pd.DataFrame:
+    """Writes runs.csv, summary.csv, profiles.csv, provenance.json; returns the summary."""
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarize(runs)
+    order = {setting: i for i, setting in enumerate(summary["setting"])}
+    runs = runs.assign(_order=runs["setting"].map(order)).sort_values(
+        ["_order", "seed", "eval"], kind="stable").drop(columns="_order")
+    integer_columns(runs).to_csv(folder / "runs.csv", index=False)
+    summary.to_csv(folder / "summary.csv", index=False)
+    profiles = [p for p in (profile_rows(m) for m in metas) if p is not None]
+    profile_frame = (pd.concat(profiles, ignore_index=True) if profiles else
+                     pd.DataFrame(columns=["experiment", "setting", "seed", "eval"]
+                                  + PROFILE_COLUMNS))
+    profile_frame.to_csv(folder / "profiles.csv", index=False)
+    with open(folder / "provenance.json", "w") as f:
+        json.dump(provenance(metas, runs, notes), f, indent=2, default=str)
+    return summary
+
+
+def print_summary(name: str, metas: list[dict], summary: pd.DataFrame) -> None:
+    status = pd.Series([m["status"] for m in metas]).value_counts().to_dict()
+    task = summary["task"].iloc[0]
+    metric = "ppl" if task == "classification" else "loss"
+    print(f"\n== {name} ({task}, {len(metas)} runs: {status})")
+    for _, row in summary.iterrows():
+        print(f"  {row['setting']:>14}  n={row['n_seeds']} (div {row['n_diverged']}, "
+              f"fail {row['n_failed']})  best valid {metric} {row[f'best_valid_{metric}_mean']:.4g}"
+              f"  test at best {row[f'test_{metric}_at_best_mean']:.4g}"
+              f"  final K {row['final_K_mean']:.3g}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", type=Path, default=[Path("results/sweeps")],
+                        help="directories searched recursively for run directories")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="writes <out>/<experiment>/{runs,summary,profiles}.csv")
+    parser.add_argument("--experiment", default=None, help="only this experiment")
+    args = parser.parse_args(argv)
+    experiments, notes = collect(args.runs, args.experiment)
+    if not experiments:
+        raise SystemExit(f"no run directories (with run.json) under {args.runs}")
+    for _, note in notes:
+        print(note)
+    for name, (metas, runs) in sorted(experiments.items()):
+        own_notes = [note for experiment, note in notes if experiment == name]
+        summary = write_experiment(name, metas, runs, own_notes, args.out)
+        print_summary(name, metas, summary)
+    print(f"\nwrote {', '.join(str(args.out / n) for n in sorted(experiments))}")
+
+
+if __name__ == "__main__":
+    main()

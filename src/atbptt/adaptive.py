@@ -1,0 +1,431 @@
+"""The adaptive-TBPTT estimator (NOTES §3): gradient-norm profile, β̂, bias bound, K̂(δ).
+
+Tensors and arrays in, numbers out; nothing here trains or keeps state.
+
+Lag convention for a window of W steps starting from a burn-in state ``s_0``::
+
+    s_0 --x_1--> s_1 --x_2--> ... --x_W--> s_W --decoder--> loss at the last step
+                 lag W-1                   lag 0
+
+Lag k is the state ``s_{W-k}``. TBPTT(K) keeps lags 0..K-1, i.e. it cuts the graph at
+``s_{W-K}`` (lag K); the bias of TBPTT(K) is the dropped sum over lags k >= K (Theorem 1).
+
+``loss_fn(out_last, target_last) -> [S]`` must return one loss per window
+(``reduction='none'``). The profile backpropagates their *sum*: windows are independent,
+so the gradient with respect to window s's state is window s's own gradient, and one
+backward pass gives every window's profile.
+
+State tensors (``h``, or ``(h, c)`` for an LSTM) have the window dimension at dim 1,
+``[num_layers, S, H]``, as in ``atbptt.models``. A module other than ``RNNModel`` must
+compute ``out`` from the very state tensor its ``forward`` returns, or lag 0 is disconnected
+(``nn.LSTM``'s output tensor, for one, is not its ``h_n`` node).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import BetaMethod
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOG_FLOOR = -50.0  # log φ̂ at or below this counts as numerically zero (NOTES §3 step 3)
+QUANTILE = 0.95  # 'quantile' β̂: this quantile of the pairwise tail slopes
+
+
+# ----------------------------------------------------------------------------- model stepping
+
+def _is_rnn_model(model: nn.Module) -> bool:
+    """This project's RNNModel: separate recurrent core and readout."""
+    return all(hasattr(model, name) for name in ("recur", "decode", "state_output"))
+
+
+def _tensors(state) -> Tuple[Tensor, ...]:
+    return tuple(state) if isinstance(state, (tuple, list)) else (state,)
+
+
+def _like(state, fn):
+    """Apply ``fn`` to every tensor of a state, keeping its structure."""
+    return tuple(fn(s) for s in state) if isinstance(state, (tuple, list)) else fn(state)
+
+
+def _advance(model: nn.Module, x: Tensor, state):
+    """Run the steps ``x`` ``[T, S, ...]`` without decoding; returns the new state."""
+    if x.shape[0] == 0:
+        return state
+    if _is_rnn_model(model):
+        return model.recur(x, state)[1]
+    return model(x, state)[1]
+
+
+def _readout(model: nn.Module, x_last: Tensor, state):
+    """Run the last step ``x_last`` ``[1, S, ...]`` and decode it: returns (out [S, O], state).
+
+    RNNModel decodes from ``state_output`` so that the loss is a function of the state node
+    (lag 0); any other module's ``forward`` output is assumed to be computed from its state."""
+    if _is_rnn_model(model):
+        state = model.recur(x_last, state)[1]
+        return model.decode(model.state_output(state))[0], state
+    out, state = model(x_last, state)
+    return out[-1], state
+
+
+def _device_of(model: nn.Module, fallback: Tensor) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else fallback.device
+
+
+@contextlib.contextmanager
+def _without_mkldnn():
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _cuda_eval_guard(model: nn.Module, fallback: Tensor):
+    """cuDNN's RNN backward refuses eval mode: use the native kernels there."""
+    if _device_of(model, fallback).type == "cuda" and not model.training:
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def _profile_backend(model: nn.Module, fallback: Tensor):
+    """Kernels for a state-only backward pass.
+
+    CUDA: cuDNN's RNN backward refuses eval mode, so use the native kernels there. CPU: the
+    oneDNN LSTM backward always computes the weight gradients too; the native kernels let
+    autograd skip them, which halves the profile's time (scripts/bench_profile.py)."""
+    if _device_of(model, fallback).type == "cuda":
+        return _cuda_eval_guard(model, fallback)
+    return _without_mkldnn()
+
+
+def _summed_loss(loss_fn: LossFn, out: Tensor, target: Tensor) -> Tensor:
+    losses = loss_fn(out, target)
+    if losses.shape != (out.shape[0],):
+        raise ValueError(f"loss_fn must return one loss per window, shape [{out.shape[0]}] "
+                         f"(reduction='none'); got shape {list(losses.shape)}")
+    return losses.sum()
+
+
+def _per_window_gradients(grads, nodes, W: int) -> Tensor:
+    """Stack the state gradients of W steps as ``[W lags, S, D]``, lag 0 first: each step's
+    state tensors ``[L, S, H]`` (h, and c for an LSTM) become one vector per window."""
+    per_step = len(nodes) // W
+    if all(g is None for g in grads[-per_step:]):
+        raise ValueError("the last-step loss does not depend on the last state: forward(x, "
+                         "state) must compute out from the state tensor it returns")
+    rows = []
+    for t in range(W):
+        step = slice(t * per_step, (t + 1) * per_step)
+        parts = [torch.zeros_like(n) if g is None else g for g, n in zip(grads[step], nodes[step])]
+        rows.append(torch.cat([p.transpose(0, 1).reshape(p.shape[1], -1) for p in parts], 1))
+    return torch.stack(rows[::-1]).detach().double()
+
+
+# ----------------------------------------------------------------------------- profile
+
+def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
+                      loss_fn: LossFn) -> Tuple[Tensor, Tensor]:
+    """φ_k per window and G_k, from ONE backward pass (NOTES §3 steps 1–2).
+
+    ``inputs``/``targets``: ``[W, S, ...]``; ``state``: the burn-in state of the S windows.
+    Returns ``phi [W, S]`` with ``phi[k, s] = ‖∂L_s/∂state at lag k‖`` (all layers' h and c
+    concatenated) and ``cum [W]`` with ``cum[k] = ‖mean_s Σ_{j≤k} ∂L_s/∂state at lag j‖``,
+    both float64 on the CPU."""
+    W = inputs.shape[0]
+    with _profile_backend(model, inputs), torch.enable_grad():
+        # a leaf that requires grad keeps every later state in the graph even if no
+        # parameter does
+        state = _like(state, lambda s: s.detach().requires_grad_())
+        states = []
+        for t in range(W - 1):
+            state = _advance(model, inputs[t:t + 1], state)
+            states.append(state)
+        out, state = _readout(model, inputs[W - 1:], state)
+        states.append(state)
+        loss = _summed_loss(loss_fn, out, targets[-1])
+        nodes = [s for st in states for s in _tensors(st)]
+        grads = torch.autograd.grad(loss, nodes, allow_unused=True)
+    grad = _per_window_gradients(grads, nodes, W)  # (W lags, S, D), lag 0 first
+    phi = grad.norm(dim=2)
+    cum = grad.mean(dim=1).cumsum(dim=0).norm(dim=1)  # G_k
+    return phi.cpu(), cum.cpu()
+
+
+# ----------------------------------------------------------------------------- β̂ and the bound
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or inf: the gradient-norm profile is unusable")
+
+
+def _default_tau(W: int, tau: Optional[int], burn_in: Optional[int]) -> int:
+    """τ = W − b (NOTES §3 step 3), b = burn_in or W // 10 (the LM code's b); clamped."""
+    if tau is not None:
+        if not 0 <= tau < W:
+            raise ValueError(f"tau={tau} must be in [0, {W - 1}] for a window of {W} lags")
+        return int(tau)
+    b = burn_in if burn_in is not None else W // 10
+    return int(min(max(W - b, 0), W - 1))
+
+
+def _ols_beta(log_phi: np.ndarray, valid: np.ndarray) -> float:
+    """exp(least-squares slope of log φ̂_k on k) over the numerically non-zero lags."""
+    k = np.flatnonzero(valid)
+    if k.size < 2:
+        return 0.0  # at most one non-zero lag: the profile vanishes at once
+    slope = np.polyfit(k.astype(float), log_phi[k], 1)[0]
+    return float(math.exp(slope))
+
+
+def _tail_beta(log_phi: np.ndarray, valid: np.ndarray, method: BetaMethod, tau: int) -> float:
+    """'max' and 'quantile' β̂ from the tail lags k ≥ τ, where (A-1) is assumed to hold.
+
+    'max': max over k in (τ, W) of (log φ̂_k − log φ̂_τ)/(k − τ).
+    'quantile': the 0.95 quantile of (log φ̂_j − log φ̂_i)/(j − i) over all pairs
+    τ ≤ i < j < W of non-zero lags. A tail that has vanished gives β̂ = 0; a tail of one
+    lag (τ = W − 1) has no slope and falls back to 'ols'."""
+    W = log_phi.size
+    if tau >= W - 1:
+        return _ols_beta(log_phi, valid)
+    if not valid[tau]:
+        return 0.0
+    if method == BetaMethod.max:
+        k = np.arange(tau + 1, W)
+        with np.errstate(invalid="ignore"):
+            slopes = (log_phi[k] - log_phi[tau]) / (k - tau)  # -inf where φ̂_k = 0
+        return float(math.exp(np.max(slopes)))
+    k = np.flatnonzero(valid[tau:]) + tau
+    if k.size < 2:
+        return 0.0
+    i, j = np.triu_indices(k.size, 1)
+    slopes = (log_phi[k[j]] - log_phi[k[i]]) / (k[j] - k[i])
+    return float(math.exp(np.quantile(slopes, QUANTILE)))
+
+
+def fit_beta(phi_mean: np.ndarray, beta_method: BetaMethod | str = BetaMethod.ols,
+             tau: int = 0) -> float:
+    """β̂ from the window-averaged profile φ̂ (NOTES §3 step 3)."""
+    method = BetaMethod(beta_method)
+    with np.errstate(divide="ignore"):
+        log_phi = np.log(phi_mean)
+    valid = log_phi > LOG_FLOOR
+    if method == BetaMethod.ols:
+        return _ols_beta(log_phi, valid)
+    return _tail_beta(log_phi, valid, method, tau)
+
+
+def bias_bound(phi_mean: np.ndarray, beta_hat: float, tau: int) -> np.ndarray:
+    """E(K) in units of M for K = 0..W (Theorem 1; NOTES §3 step 4), length W + 1.
+
+    K ≥ τ: φ̂_τ β̂^{K−τ}/(1−β̂). K < τ: Σ_{k=K}^{τ} φ̂_k + φ̂_τ/(1−β̂) (conservative: φ̂_τ
+    counted twice). β̂ ≥ 1: infinite, unless every φ̂ is numerically zero, in which case the
+    in-window sum Σ_{k≥K} φ̂_k is used (no extrapolation)."""
+    W = phi_mean.size
+    if beta_hat >= 1:
+        if np.all(phi_mean <= math.exp(LOG_FLOOR)):
+            return np.append(np.cumsum(phi_mean[::-1])[::-1], 0.0)
+        return np.full(W + 1, np.inf)
+    K = np.arange(W + 1)
+    tail = phi_mean[tau] / (1 - beta_hat)
+    geometric = tail * np.power(beta_hat, np.maximum(K - tau, 0).astype(float))
+    head = np.cumsum(phi_mean[:tau + 1][::-1])[::-1]  # Σ_{k=K}^{τ} φ̂_k for K = 0..τ
+    head = np.append(head, np.zeros(W + 1 - head.size))
+    return np.where(K >= tau, geometric, head + tail)
+
+
+def _relative_from_bound(E: np.ndarray, cum: np.ndarray) -> np.ndarray:
+    """δ̂(K) = E(K)/ℓ for K = 1..W with ℓ = max_k (G_k − E(k)) > 0 (Theorem 1; §3 step 5).
+
+    Infinite where E(K) is, or where no k gives a positive ℓ; zero where E(K) = 0."""
+    W = cum.size
+    with np.errstate(invalid="ignore"):
+        gap = cum - E[:W]
+    positive = gap[np.isfinite(gap) & (gap > 0)]
+    ell = positive.max() if positive.size else 0.0
+    bound = E[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(bound == 0, 0.0, bound / ell if ell > 0 else np.inf)
+    return np.where(np.isfinite(bound), rel, np.inf)
+
+
+def relative_bias(phi, cum, beta_method: BetaMethod | str = BetaMethod.ols,
+                  tau: Optional[int] = None, burn_in: Optional[int] = None
+                  ) -> Tuple[float, np.ndarray]:
+    """β̂ and δ̂(K) for K = 1..W (NOTES §3 steps 2–5); ``rel_bias[K-1] = δ̂(K)``.
+
+    ``phi``: ``[W, S]`` per-window norms or the window mean ``[W]``; ``cum``: G ``[W]``.
+    τ: ``tau`` if given, else W − ``burn_in`` (W − W//10 without either), in [0, W−1]."""
+    phi = np.asarray(phi, dtype=float)
+    cum = np.asarray(cum, dtype=float)
+    _check_finite("phi", phi)
+    _check_finite("cum", cum)
+    phi_mean = phi.mean(axis=1) if phi.ndim == 2 else phi  # φ̂_k, §3 step 2
+    if phi_mean.ndim != 1 or cum.shape != phi_mean.shape or phi_mean.size == 0:
+        raise ValueError(f"phi [W] or [W, S] and cum [W] must agree; got {phi.shape}, {cum.shape}")
+    tau = _default_tau(phi_mean.size, tau, burn_in)
+    beta_hat = fit_beta(phi_mean, beta_method, tau)
+    return beta_hat, _relative_from_bound(bias_bound(phi_mean, beta_hat, tau), cum)
+
+
+def geometric_tail(phi_mean, beta_hat: float, tau: int) -> np.ndarray:
+    """The fitted tail φ̂_τ β̂^{k−τ} at every lag k = 0..W−1 (for decay plots).
+
+    NaN before τ when β̂ = 0 (the fit says nothing there)."""
+    phi_mean = np.asarray(phi_mean, dtype=float)
+    k = np.arange(phi_mean.size, dtype=float)
+    if beta_hat <= 0:
+        return np.where(k == tau, phi_mean[tau], np.where(k > tau, 0.0, np.nan))
+    with np.errstate(over="ignore"):  # a steep fit overflows far before τ: inf is right
+        return phi_mean[tau] * np.exp((k - tau) * math.log(beta_hat))
+
+
+def choose_K(rel_bias, delta: float, k_min: int, k_max: int) -> int:
+    """K̂(δ): smallest K with δ̂(K) < δ, else the window's largest K; clamped (§3 step 6)."""
+    rel_bias = np.asarray(rel_bias, dtype=float)
+    below = np.flatnonzero(rel_bias < delta)
+    K = int(below[0]) + 1 if below.size else rel_bias.size
+    return int(min(max(K, k_min), k_max))
+
+
+# ----------------------------------------------------------------------------- full estimate
+
+def sample_windows(inputs: Tensor, targets: Tensor, length: int, num_windows: int,
+                   generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+    """``num_windows`` windows of ``length`` steps at random (stream, offset) of a split
+    ``[T, B, ...]``; returns ``[length, S, ...]``. Draws only from ``generator`` (CPU)."""
+    T, B = inputs.shape[:2]
+    if length > T:
+        raise ValueError(f"windows of {length} steps do not fit a split of {T} steps")
+    stream = torch.randint(0, B, (num_windows,), generator=generator)
+    offset = torch.randint(0, T - length + 1, (num_windows,), generator=generator)
+    time_index = offset[None, :] + torch.arange(length)[:, None]  # (length, S)
+    stream_index = stream[None, :].expand(length, num_windows)
+    tx, sx = time_index.to(inputs.device), stream_index.to(inputs.device)
+    ty, sy = time_index.to(targets.device), stream_index.to(targets.device)
+    return inputs[tx, sx], targets[ty, sy]
+
+
+@dataclass
+class Estimate:
+    """One K̂ estimate, averaged over ``num_estimates`` independent profiles.
+
+    ``phi``: φ̂ over all windows of all profiles; ``cum``: G averaged over profiles;
+    ``beta_hat``: mean of the per-profile β̂; ``rel_bias``: δ̂(K), K = 1..W, recomputed from
+    the pooled φ̂ and G with that mean β̂ (so ``rel_bias``, ``tail`` and ``beta_hat`` agree;
+    with one profile it is exactly ``relative_bias``); ``K_hat``: per-profile K̂(δ) averaged
+    and rounded, as the authors average K̂ over independent estimates."""
+
+    phi: np.ndarray
+    cum: np.ndarray
+    beta_hat: float
+    rel_bias: np.ndarray
+    K_hat: Dict[float, int]
+    tail: np.ndarray
+    tau: int
+    seconds: float
+    betas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-profile β̂
+
+    def delta_hat(self, K: int) -> float:
+        """δ̂(K); beyond the window (K > W ≥ τ) the bound keeps decaying as β̂^{K−W}."""
+        W = self.rel_bias.size
+        if K < 1:
+            raise ValueError(f"K={K} must be >= 1")
+        if K <= W:
+            return float(self.rel_bias[K - 1])
+        last = float(self.rel_bias[-1])
+        if not math.isfinite(last) or last == 0 or self.beta_hat >= 1:
+            return last
+        return last * self.beta_hat ** (K - W)
+
+
+def _profile_once(model, inputs, targets, *, window, burn_in, num_windows, loss_fn,
+                  generator, device) -> Tuple[Tensor, Tensor]:
+    """Sample windows, burn in from a zero state without grad, profile the last W steps."""
+    x, y = sample_windows(inputs, targets, burn_in + window, num_windows, generator)
+    x, y = x.to(device), y.to(device)
+    dtype = next(model.parameters()).dtype
+    state = _like(model.init_state(num_windows, device), lambda s: s.to(dtype))
+    with torch.no_grad():
+        state = _advance(model, x[:burn_in], state)
+    return grad_norm_profile(model, x[burn_in:], y[burn_in:], state, loss_fn)
+
+
+def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, burn_in: int,
+             num_windows: int, loss_fn: LossFn, generator: torch.Generator,
+             num_estimates: int = 1, beta_method: BetaMethod | str = BetaMethod.ols,
+             tau: Optional[int] = None, deltas: Sequence[float] = (1.0, 0.9, 0.5, 0.1),
+             k_min: int = 1, k_max: Optional[int] = None,
+             device: torch.device | str | None = None) -> Estimate:
+    """K̂(δ) and δ̂(K) from ``num_estimates`` fresh profiles (Algorithm 1; NOTES §3).
+
+    Draws only from ``generator`` and never from the global RNG (training randomness is
+    unaffected); the caller puts the model in eval mode. ``seconds`` is the wall clock."""
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else _device_of(model, inputs)
+    k_max = window if k_max is None else k_max
+    tau = _default_tau(window, tau, burn_in)
+    phis, cums, betas, ks = [], [], [], {d: [] for d in deltas}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(num_estimates):
+            phi, cum = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
+                                     num_windows=num_windows, loss_fn=loss_fn,
+                                     generator=generator, device=device)
+            beta, rel = relative_bias(phi.numpy(), cum.numpy(), beta_method, tau)
+            phis.append(phi.numpy().mean(axis=1))
+            cums.append(cum.numpy())
+            betas.append(beta)
+            for d in deltas:
+                ks[d].append(choose_K(rel, d, k_min, k_max))
+    phi_mean, cum_mean, beta_hat = np.mean(phis, 0), np.mean(cums, 0), float(np.mean(betas))
+    rel_bias = _relative_from_bound(bias_bound(phi_mean, beta_hat, tau), cum_mean)
+    K_hat = {d: int(math.floor(np.mean(v) + 0.5)) for d, v in ks.items()}
+    return Estimate(phi=phi_mean, cum=cum_mean, beta_hat=beta_hat, rel_bias=rel_bias,
+                    K_hat=K_hat, tail=geometric_tail(phi_mean, beta_hat, tau), tau=tau,
+                    seconds=time.perf_counter() - start, betas=np.asarray(betas))
+
+
+# ----------------------------------------------------------------------------- bias audit
+
+def _truncated_param_grad(model: nn.Module, inputs: Tensor, targets: Tensor, state,
+                          loss_fn: LossFn, K: int) -> Tensor:
+    """Flat parameter gradient of the summed last-step losses under TBPTT(K): the state
+    is cut at lag K, so only the last K steps carry gradient (K = W: the full window)."""
+    W = inputs.shape[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    with _cuda_eval_guard(model, inputs):
+        with torch.no_grad():
+            state = _advance(model, inputs[:W - K], state)  # lags >= K: no gradient
+        with torch.enable_grad():
+            state = _like(state, torch.Tensor.detach)
+            state = _advance(model, inputs[W - K:W - 1], state)
+            out, _ = _readout(model, inputs[W - 1:], state)
+            loss = _summed_loss(loss_fn, out, targets[-1])
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params)]).double()
+
+
+def true_relative_bias(model: nn.Module, inputs: Tensor, targets: Tensor, state,
+                       loss_fn: LossFn, K: int) -> float:
+    """‖g_K − g_W‖ / ‖g_W‖ on the given windows: the actual relative bias of TBPTT(K)
+    against the full window, which δ̂(K) is meant to bound (Theorem 1)."""
+    W = inputs.shape[0]
+    if not 1 <= K <= W:
+        raise ValueError(f"K={K} must be in [1, {W}] for a window of {W} steps")
+    g_full = _truncated_param_grad(model, inputs, targets, state, loss_fn, W)
+    g_K = _truncated_param_grad(model, inputs, targets, state, loss_fn, K)
+    norm = g_full.norm()
+    if norm == 0:
+        return 0.0 if torch.equal(g_K, g_full) else math.inf
+    return float((g_K - g_full).norm() / norm)

@@ -1,0 +1,109 @@
+"""End to end through the real CLI: files and columns, a 2-job sweep, determinism."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atbptt.metrics import COLUMNS, TIME_COLUMNS
+from conftest import run_cli
+
+REQUIRED = ["epoch", "step", "tokens", "train_time", "wall_time", "train_loss", "valid_loss",
+            "test_loss", "valid_ppl", "test_ppl", "K", "beta_hat", "delta_hat", "K_hat_1.0",
+            "K_hat_0.9", "K_hat_0.5", "K_hat_0.1", "estimation_time"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def without_time(table: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in table]
+
+
+def test_run_writes_config_metrics_and_run_json(tmp_path, tiny):
+    out = tmp_path / "run"
+    result = run_cli([*tiny, f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (out / ".hydra" / "config.yaml").exists()
+    table = rows(out)
+    assert list(table[0]) == list(COLUMNS) and set(REQUIRED) <= set(table[0])
+    assert [r["eval"] for r in table] == ["0", "1", "2"]
+    assert float(table[0]["epoch"]) == 0 and table[0]["train_loss"] == ""
+    assert float(table[-1]["epoch"]) == pytest.approx(1.0)
+    assert float(table[-1]["valid_ppl"]) < float(table[0]["valid_ppl"])
+    assert all(2 <= int(r["K_hat_0.1"]) <= 20 for r in table)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["dataset"] == "copy"
+    assert info["vocab_size"] == 6 and info["tokens"] == {"train": 3200, "valid": 800, "test": 800}
+    assert info["num_params"] > 0 and info["device"] == "cpu" and info["end_time"]
+    for key in ("torch_version", "git_commit", "start_time"):
+        assert info[key]
+    assert (out / "profiles" / "eval_00002.csv").exists()
+    assert not (out / "checkpoint.pt").exists()
+    # nothing written outside the run directory
+    assert {p.name for p in tmp_path.iterdir()} == {"run"}
+    again = run_cli([*tiny, f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_same_seed_same_metrics_and_seed_changes_them(tmp_path, tiny):
+    dirs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        dirs[name] = tmp_path / name
+        result = run_cli([*tiny, "method=adaptive", "method.reestimate_every=3", "model.dropout=0.1",
+                          f"seed={seed}", f"hydra.run.dir={dirs[name]}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    a, b, c = (without_time(rows(dirs[n])) for n in "abc")
+    assert a == b
+    assert a[0]["valid_loss"] != c[0]["valid_loss"]  # initial weights depend on seed
+
+
+def test_initial_weights_shared_across_methods(tmp_path, tiny):
+    first = {}
+    for setting in ("K5", "K10", "delta0.5"):
+        out = tmp_path / setting
+        assert run_cli([*tiny, f"+setting={setting}", f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
+        first[setting] = rows(out)[0]["valid_loss"]
+    assert len(set(first.values())) == 1
+
+
+def test_two_job_sweep(tmp_path, tiny):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *tiny, "+setting=K5,delta0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all("setting=" in p.name for p in jobs)
+    methods = set()
+    for job in jobs:
+        info = json.loads((job / "run.json").read_text())
+        assert info["status"] == "finished" and info["threads"] == 1
+        methods.add(info["method"])
+        assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["epochs"] == 1
+    assert methods == {"fixed", "adaptive"}
+
+
+@pytest.mark.parametrize("argv,key", [(["model=transformer"], "model"), (["K=0"], "K"),
+                                      (["K=ten"], "K"), (["epochs=-1"], "epochs"),
+                                      (["device=tpu"], "device"), (["nope=1"], "nope"),
+                                      (["dataset=nope"], "dataset")])
+def test_bad_input_exits_nonzero_with_one_line(tmp_path, argv, key):
+    result = run_cli([*argv, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_regression_dataset_leaves_ppl_empty(tmp_path, tiny):
+    out = tmp_path / "lin"
+    result = run_cli([*tiny, "dataset=linear", "model=gru", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = rows(out)
+    assert table[-1]["valid_ppl"] == "" and float(table[-1]["valid_loss"]) > 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["task"] == "regression" and info["true_rho"] == pytest.approx(0.9)

@@ -1,0 +1,105 @@
+"""Config: every group option and every preset composes; bad values fail with one line."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from atbptt.config import Config, ConfigError, MethodName, register_configs
+from atbptt.validate import group_options, precheck, to_config
+
+register_configs()
+
+
+def compose_config(*overrides: str) -> Config:
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_defaults_are_the_copy_task_with_fixed_K():
+    cfg = compose_config()
+    assert cfg.dataset.name.value == "copy" and cfg.method.name == MethodName.fixed
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.K) == (2, 50, 15)
+    assert (cfg.optim.lr, cfg.optim.lr_power, cfg.optim.weight_decay) == (1.0, 0.5, 1e-5)
+    assert cfg.method.style.value == "overlap"
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "method", "setting"])
+def test_every_group_option_composes(group):
+    options = group_options(group)
+    assert options
+    for option in options:
+        prefix = "+" if group == "setting" else ""
+        assert isinstance(compose_config(f"{prefix}{group}={option}"), Config)
+
+
+@pytest.mark.parametrize("preset", group_options("experiment"))
+def test_every_experiment_preset_composes_with_each_setting(preset):
+    cfg = compose_config(f"experiment={preset}")
+    assert cfg.experiment == preset
+    for setting in ("K10", "delta0.1"):
+        cfg = compose_config(f"experiment={preset}", f"+setting={setting}")
+        assert cfg.method.name == (MethodName.fixed if setting == "K10" else MethodName.adaptive)
+
+
+def test_paper_settings_per_dataset():
+    ptb = compose_config("dataset=ptb")
+    wiki = compose_config("dataset=wikitext2")
+    assert (ptb.dataset.batch_size, ptb.optim.lr_power, ptb.model.tie_weights) == (32, 0.5, True)
+    assert (wiki.dataset.batch_size, wiki.optim.lr_power) == (16, 1.0)
+    assert (ptb.method.window, ptb.method.burn_in, ptb.method.k_min, ptb.method.k_max) == (400, 40, 10, 300)
+    assert ptb.dataset.eval_batch_size == 10 and ptb.dataset.eval_chunk == 100
+    paper = compose_config("experiment=ptb_paper")
+    assert (paper.model.hidden_size, paper.model.embedding_size) == (900, 900)
+    assert compose_config("experiment=wikitext2_paper").model.hidden_size == 512
+    assert compose_config("experiment=ptb_cpu").model.hidden_size == 200
+
+
+def test_settings_match_method_and_value():
+    assert compose_config("+setting=K30").K == 30
+    cfg = compose_config("+setting=delta0.9")
+    assert cfg.delta == 0.9 and cfg.method.name == MethodName.adaptive
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["model=transformer"], "allowed: gru, lstm, srnn"),
+    (["dataset=nope"], "allowed: copy, copy_variable, linear, ptb, var, wikitext2"),
+    (["method=sgd"], "allowed: adaptive, fixed"),
+    (["K=0"], "K must be an integer >= 1"),
+    (["K=ten"], "K=ten"),
+    (["K=-3"], "K must be"),
+    (["epochs=-1"], "epochs must be a number > 0"),
+    (["epochs=0"], "epochs must be a number > 0"),
+    (["delta=0"], "delta must be in (0, 1]"),
+    (["delta=1.5"], "delta must be in (0, 1]"),
+    (["device=tpu"], "expected one of [auto, cpu, cuda]"),
+    (["foo=1"], "unknown key 'foo'"),
+    (["model.hidden=3"], "model keys are: cell, hidden_size"),
+    (["method.k_min=50", "method.k_max=10"], "method.k_min must be <= method.k_max"),
+    (["method=adaptive", "method.window=50"], "method.window must be >= method.k_max"),
+    (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    (["dataset.rho=1.2"], "dataset.rho must be in (0, 1)"),
+    (["K=5,10"], "a sweep needs -m"),
+    (["-m", "K=5,0"], "K must be an integer >= 1"),
+])
+def test_bad_input_gives_one_line(argv, needle):
+    message = precheck(argv)
+    assert message is not None and needle in message
+    assert "\n" not in message
+
+
+def test_good_input_passes_precheck():
+    assert precheck(["method=adaptive", "delta=0.1", "K=20"]) is None
+    assert precheck(["-m", "experiment=copy_fixed", "+setting=K5,delta0.1"]) is None
+    assert precheck(["--help"]) is None
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    message = precheck([f"hydra.run.dir={blocker}/run"])
+    assert message is not None and "not writable" in message
+
+
+def test_post_init_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="K must be"):
+        Config(K=0)
