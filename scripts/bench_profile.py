@@ -124,6 +124,51 @@ def best_time(fn, repeats):
     return min(times), result
 
 
+def measure(windows, lags, hidden, vocab, repeats):
+    """Times of (a) ours and the baselines for each W; returns (W, label, ours, baseline) rows."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    spec = ModelSpec(Cell.lstm, vocab, vocab, token_inputs=True,
+                     hidden_size=hidden, num_layers=1, embedding_size=hidden)
+    model = RNNModel(spec)
+    rows = []
+    for W in lags:
+        x = torch.randint(0, vocab, (W + 10, windows))
+        y = torch.randint(0, vocab, (W + 10, windows))
+        model.eval()
+        with torch.no_grad():  # a burn-in state, as the estimator uses
+            _, state = model.recur(x[:10], model.init_state(windows))
+        x, y = x[10:], y[10:]
+        run = {name: (lambda f=f: f(model, x, y, state, loss_per_window))
+               for name, f in [("ours", grad_norm_profile), ("chained", chained_profile),
+                               ("chained_native", chained_native_profile),
+                               ("decode_all", decode_all_profile), ("tbptt", tbptt_step)]}
+        run["ours"]()  # warm-up
+        t, phi = {}, {}
+        for name in ("ours", "chained", "chained_native", "decode_all"):
+            t[name], (phi[name], _) = best_time(run[name], repeats)
+        for name in ("chained", "chained_native", "decode_all"):  # the profiles must agree
+            torch.testing.assert_close(phi[name].double(), phi["ours"], rtol=1e-3, atol=1e-9)
+        model.train()
+        t["tbptt"], _ = best_time(run["tbptt"], repeats)
+        for name, label in [("chained", "(b) chained single-step backward"),
+                            ("chained_native", "(b') chained, native CPU kernels"),
+                            ("decode_all", "(c) one backward, decode every step"),
+                            ("tbptt", "(d) one TBPTT(W) training step")]:
+            rows.append((W, label, t["ours"], t[name]))
+    return rows
+
+
+def table_rows(quick: bool = False):
+    """Rows for scripts/bench.py: (label, ours, baseline, baseline/ours, target)."""
+    sizes = (8, [10, 20], 16, 50, 1) if quick else (64, [100, 400], 200, 10_000, 3)
+    out = []
+    for W, label, ours, base in measure(*sizes):
+        target = {"(b)": ">= 2x at W=400", "(d)": ">= 1.25x (<= 0.8x time)"}.get(label[:3], "")
+        out.append((f"profile W={W} (s): vs {label}", ours, base, base / ours, target))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=64, help="S, windows per profile")
@@ -135,41 +180,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.windows, args.lags, args.hidden, args.vocab, args.repeats = 8, [10, 20], 16, 50, 1
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    spec = ModelSpec(Cell.lstm, args.vocab, args.vocab, token_inputs=True,
-                     hidden_size=args.hidden, num_layers=1, embedding_size=args.hidden)
-    model = RNNModel(spec)
     print(f"LSTM 1x{args.hidden}, vocabulary {args.vocab}, S={args.windows}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    rows = []
-    for W in args.lags:
-        x = torch.randint(0, args.vocab, (W + 10, args.windows))
-        y = torch.randint(0, args.vocab, (W + 10, args.windows))
-        model.eval()
-        with torch.no_grad():  # a burn-in state, as the estimator uses
-            _, state = model.recur(x[:10], model.init_state(args.windows))
-        x, y = x[10:], y[10:]
-        run = {name: (lambda f=f: f(model, x, y, state, loss_per_window))
-               for name, f in [("ours", grad_norm_profile), ("chained", chained_profile),
-                               ("chained_native", chained_native_profile),
-                               ("decode_all", decode_all_profile), ("tbptt", tbptt_step)]}
-        run["ours"]()  # warm-up
-        t, phi = {}, {}
-        for name in ("ours", "chained", "chained_native", "decode_all"):
-            t[name], (phi[name], _) = best_time(run[name], args.repeats)
-        for name in ("chained", "chained_native", "decode_all"):  # the profiles must agree
-            torch.testing.assert_close(phi[name].double(), phi["ours"], rtol=1e-3, atol=1e-9)
-        model.train()
-        t["tbptt"], _ = best_time(run["tbptt"], args.repeats)
-        for name, label in [("chained", "(b) chained single-step backward"),
-                            ("chained_native", "(b') chained, native CPU kernels"),
-                            ("decode_all", "(c) one backward, decode every step"),
-                            ("tbptt", "(d) one TBPTT(W) training step")]:
-            rows.append((f"W={W} (a) vs {label}", t["ours"], t[name]))
+          f"torch threads 1, best of {args.repeats}")
+    rows = measure(args.windows, args.lags, args.hidden, args.vocab, args.repeats)
     print(f"{'benchmark':55s} {'ours (s)':>9s} {'baseline (s)':>13s} {'ratio':>7s}")
-    for name, ours, base in rows:
-        print(f"{name:55s} {ours:9.3f} {base:13.3f} {ours / base:7.3f}")
+    for W, label, ours, base in rows:
+        print(f"{f'W={W} (a) vs {label}':55s} {ours:9.3f} {base:13.3f} {ours / base:7.3f}")
 
 
 if __name__ == "__main__":

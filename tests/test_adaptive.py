@@ -107,6 +107,16 @@ def test_float32_profile_matches_fused_kernels_and_restores_flags():
     torch.testing.assert_close(cum, cum_bf.double(), rtol=1e-4, atol=1e-7)
 
 
+def test_profile_casts_float32_state_to_model_dtype():
+    model = small_model(Cell.gru)  # float64
+    x = torch.randint(0, VOCAB, (W, S))
+    state = random_state(model, S)
+    phi, cum = grad_norm_profile(model, x, x, state.float(), ce_per_window)
+    phi64, cum64 = grad_norm_profile(model, x, x, state.float().double(), ce_per_window)
+    torch.testing.assert_close(phi, phi64, rtol=0, atol=0)
+    torch.testing.assert_close(cum, cum64, rtol=0, atol=0)
+
+
 def test_profile_rejects_mean_reduced_loss():
     model = small_model(Cell.gru)
     x = torch.randint(0, VOCAB, (W, S))

@@ -76,6 +76,15 @@ def _readout(model: nn.Module, x_last: Tensor, state):
     return out[-1], state
 
 
+def _start_state(model: nn.Module, state, requires_grad: bool):
+    """A detached copy of ``state`` in the model's floating dtype (a float32 ``init_state``
+    fed to a float64 model is cast), optionally a leaf that requires grad."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else None
+    return _like(state, lambda s: s.detach().to(dtype=dtype or s.dtype)
+                 .requires_grad_(requires_grad))
+
+
 def _device_of(model: nn.Module, fallback: Tensor) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else fallback.device
@@ -146,7 +155,7 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
     with _profile_backend(model, inputs), torch.enable_grad():
         # a leaf that requires grad keeps every later state in the graph even if no
         # parameter does
-        state = _like(state, lambda s: s.detach().requires_grad_())
+        state = _start_state(model, state, requires_grad=True)
         states = []
         for t in range(W - 1):
             state = _advance(model, inputs[t:t + 1], state)
@@ -354,8 +363,7 @@ def _profile_once(model, inputs, targets, *, window, burn_in, num_windows, loss_
     """Sample windows, burn in from a zero state without grad, profile the last W steps."""
     x, y = sample_windows(inputs, targets, burn_in + window, num_windows, generator)
     x, y = x.to(device), y.to(device)
-    dtype = next(model.parameters()).dtype
-    state = _like(model.init_state(num_windows, device), lambda s: s.to(dtype))
+    state = _start_state(model, model.init_state(num_windows, device), requires_grad=False)
     with torch.no_grad():
         state = _advance(model, x[:burn_in], state)
     return grad_norm_profile(model, x[burn_in:], y[burn_in:], state, loss_fn)
@@ -403,11 +411,11 @@ def _truncated_param_grad(model: nn.Module, inputs: Tensor, targets: Tensor, sta
     is cut at lag K, so only the last K steps carry gradient (K = W: the full window)."""
     W = inputs.shape[0]
     params = [p for p in model.parameters() if p.requires_grad]
+    state = _start_state(model, state, requires_grad=False)
     with _cuda_eval_guard(model, inputs):
         with torch.no_grad():
             state = _advance(model, inputs[:W - K], state)  # lags >= K: no gradient
         with torch.enable_grad():
-            state = _like(state, torch.Tensor.detach)
             state = _advance(model, inputs[W - K:W - 1], state)
             out, _ = _readout(model, inputs[W - 1:], state)
             loss = _summed_loss(loss_fn, out, targets[-1])

@@ -38,10 +38,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """The ``.hydra/`` files Hydra would write before the job starts (``hydra.output_subdir``
+    is null in conf/config.yaml so that they are written only once the run dir is accepted)."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(node))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
     from .corpus import DataError
-    from .train import run
+    from .train import check_run_dir, run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -49,7 +60,10 @@ def task(cfg: DictConfig) -> str:
         config = to_config(cfg)
         if multirun:  # one job per process slot: sweeps share the cores
             config.threads = 1
-        return run(config, Path(hc.runtime.output_dir), Path(hc.runtime.cwd) / "data")
+        run_dir = Path(hc.runtime.output_dir)
+        check_run_dir(config, run_dir)  # a refused run must leave the other run's .hydra/ alone
+        save_hydra_files(cfg, run_dir)
+        return run(config, run_dir, Path(hc.runtime.cwd) / "data")
     except (ConfigError, DataError) as err:
         _fail(str(err))
     except Exception as err:  # the run recorded status 'failed' in its run.json

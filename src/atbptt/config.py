@@ -128,6 +128,9 @@ class MethodConfig:
     beta_method: BetaMethod = BetaMethod.ols
     tau: Optional[int] = None  # default W - b (NOTES §3 step 3)
     reestimate_every: int = 10  # training chunks between re-estimates of K (adaptive)
+    # or, when set, time steps (positions per stream) between re-estimates: keeps the estimator's
+    # share of training time the same whatever K is (a K=10 chunk costs ~1/10 of a K=100 one)
+    reestimate_steps: Optional[int] = None
     num_estimates: int = 1  # profiles averaged per K estimate
     log_estimates: int = 1  # fresh profiles per evaluation for fixed-K runs (0: skip)
     audit: bool = False  # also log the true relative bias of TBPTT(K) on the windows
@@ -136,6 +139,8 @@ class MethodConfig:
         for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):
             value = getattr(self, key)
             _check(value >= 1, f"method.{key}", "an integer >= 1", value)
+        _check(self.reestimate_steps is None or self.reestimate_steps >= 1, "method.reestimate_steps",
+               "an integer >= 1 or null", self.reestimate_steps)
         _check(self.burn_in >= 0, "method.burn_in", "an integer >= 0", self.burn_in)
         _check(self.log_estimates >= 0, "method.log_estimates", "an integer >= 0", self.log_estimates)
         _check(self.k_min <= self.k_max, "method.k_min", f"<= method.k_max ({self.k_max})", self.k_min)

@@ -65,6 +65,7 @@ class Progress:
     estimation_time: float = 0.0
     evals: int = 0  # rows written to metrics.csv
     chunks_since_estimate: int = 0
+    steps_since_estimate: int = 0  # time steps (positions per stream)
     loss_sum: float = 0.0
     loss_count: int = 0
     estimate: Optional[dict] = None  # last K estimate (arrays as lists), for logging
@@ -121,6 +122,7 @@ class Trainer:
         p.step += 1
         p.tokens += steps * self.data.train.num_streams
         p.chunks_since_estimate += 1
+        p.steps_since_estimate += steps
         return loss.detach()
 
     # --------------------------------------------------------------------- estimation
@@ -142,10 +144,12 @@ class Trainer:
     def maybe_reestimate(self) -> None:
         """Adaptive method: every ``reestimate_every`` chunks, K <- K_hat(delta) (time counts)."""
         m, p = self.cfg.method, self.progress
-        if m.name != MethodName.adaptive or p.chunks_since_estimate < m.reestimate_every:
+        due = (p.chunks_since_estimate >= m.reestimate_every if m.reestimate_steps is None
+               else p.steps_since_estimate >= m.reestimate_steps)
+        if m.name != MethodName.adaptive or not due:
             return
         est = self.estimate(m.num_estimates)
-        p.chunks_since_estimate = 0
+        p.chunks_since_estimate = p.steps_since_estimate = 0
         p.estimate = _estimate_record(est, self.cfg.delta)
         self.set_K(p.estimate["K_chosen"])
 
@@ -338,15 +342,21 @@ def _run_info(cfg: Config, data: TaskData, model: RNNModel, device: torch.device
     }
 
 
+def check_run_dir(cfg: Config, run_dir: Path) -> Optional[dict]:
+    """``run_dir``'s run.json (None if absent); ConfigError if it holds another run's config."""
+    info = read_json(run_dir / "run.json")
+    if info is not None and not _same_run(info.get("config", {}), _config_dict(cfg)):
+        raise ConfigError(f"{run_dir} holds a different run; pick another output directory "
+                          "(hydra.run.dir=...) instead of overwriting it")
+    return info
+
+
 def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
         cache_dir: Optional[Path] = None) -> str:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status."""
     run_dir.mkdir(parents=True, exist_ok=True)
     info_path, ckpt_path = run_dir / "run.json", run_dir / CHECKPOINT
-    info = read_json(info_path)
-    if info is not None and not _same_run(info.get("config", {}), _config_dict(cfg)):
-        raise ConfigError(f"{run_dir} holds a different run; pick another output directory "
-                          "(hydra.run.dir=...) instead of overwriting it")
+    info = check_run_dir(cfg, run_dir)
     if info is not None and info["status"] in ("finished", "diverged"):
         print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
         return str(info["status"])

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One prepared GPU check (at most ~8 minutes) for a session that has a lent GPU.
+#
+#   here:    bash scripts/gpu_check.sh --prepare   # wheels for hydra/omegaconf -> .whl/, PTB -> .gpudata/
+#   device:  run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gpudata"], timeout_s=540)
+#
+# On the GPU machine (its python3 already holds torch with CUDA) it installs atbptt and the
+# carried wheels into /tmp/site, then:
+#   1. the CUDA tests (tests/test_cuda.py) plus the exact TBPTT and estimator tests, on CUDA,
+#   2. one timed minute of ptb_paper (LSTM 1x900, cuDNN) for fixed K=100 and adaptive delta=0.1,
+#   3. the benchmark table on CUDA,
+# writing what it measured, with the device name, under results/gpu/ (and $OUT when set).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--prepare" ]; then
+  grep -qxF "/.whl/" .git/info/exclude || echo "/.whl/" >> .git/info/exclude
+  grep -qxF "/.gpudata/" .git/info/exclude || echo "/.gpudata/" >> .git/info/exclude
+  mkdir -p .whl .gpudata && cp -r "${ATBPTT_DATA:-../shared/data}/ptb" .gpudata/
+  for pkg in hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML==6.0.2; do
+    python3 -m pip download -q --no-deps --python-version 3.12 --implementation cp \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+      -d .whl "$pkg" || python3 -m pip download -q --no-deps -d .whl "$pkg"
+  done
+  ls .whl .gpudata; exit 0
+fi
+OUTDIR=${OUT:-results/gpu}
+mkdir -p "$OUTDIR" results/gpu
+export ATBPTT_DATA="${ATBPTT_DATA:-$(pwd)/.gpudata}" PYTHONUNBUFFERED=1
+PY=python3
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+fi
+$PY -m pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null
+export PYTHONPATH=/tmp/site:$(pwd)/tests
+{
+  echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} > "$OUTDIR/device.txt" 2>&1
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_tbptt.py tests/test_adaptive.py \
+  > "$OUTDIR/tests.txt" 2>&1
+for setting in K100 delta0.1; do
+  timeout 110 $PY -m atbptt.cli experiment=ptb_paper +setting=$setting device=cuda max_time=60 \
+    evals_per_epoch=20 epochs=1 hydra.run.dir="$OUTDIR/ptb_paper_$setting" > "$OUTDIR/ptb_paper_$setting.log" 2>&1
+  rm -f "$OUTDIR/ptb_paper_$setting/checkpoint.pt"
+done
+timeout 150 $PY scripts/bench.py --device cuda > "$OUTDIR/bench.txt" 2>&1
+if [ "$OUTDIR" != results/gpu ]; then cp -r "$OUTDIR"/. results/gpu/; fi
+cat "$OUTDIR/device.txt"; tail -n 3 "$OUTDIR/tests.txt"; tail -n 15 "$OUTDIR/bench.txt"

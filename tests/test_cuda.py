@@ -1,0 +1,63 @@
+"""CUDA checks (skipped without a GPU; scripts/gpu_check.sh runs them on a lent GPU)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from atbptt import adaptive
+from atbptt.config import Cell, Style
+from atbptt.data import Split
+from atbptt.models import ModelSpec, RNNModel
+from atbptt.tbptt import Walker, chunk_forward, last_step_loss, sequence_loss
+from conftest import run_cli
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model(cell: Cell) -> RNNModel:
+    torch.manual_seed(0)
+    return RNNModel(ModelSpec(cell, 11, 11, True, hidden_size=16, num_layers=2, embedding_size=16)).double()
+
+
+@pytest.mark.parametrize("cell", list(Cell))
+@pytest.mark.parametrize("style", list(Style))
+def test_cudnn_chunk_gradients_match_cpu(cell, style):
+    ids = torch.randint(0, 11, (31, 4), generator=torch.Generator().manual_seed(0))
+    split = Split(ids[:-1], ids[1:])
+    grads = {}
+    for device in ("cpu", "cuda"):
+        model = _model(cell).to(device)
+        walker = Walker.start(model, 4, device)
+        for _ in range(3):
+            model.zero_grad()
+            loss, _ = chunk_forward(model, split, walker, 6, style, sequence_loss(True), device)
+            loss.backward()
+        grads[device] = [p.grad.cpu() for p in model.parameters()]
+    for a, b in zip(grads["cpu"], grads["cuda"]):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", list(Cell))
+def test_profile_on_cuda_matches_cpu(cell):
+    ids = torch.randint(0, 11, (20, 5), generator=torch.Generator().manual_seed(1))
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = _model(cell).to(device).eval()
+        phi, cum = adaptive.grad_norm_profile(model, ids[:-1].to(device), ids[1:].to(device),
+                                              model.init_state(5, device), last_step_loss(True))
+        out[device] = (phi.cpu(), cum.cpu())
+    torch.testing.assert_close(out["cpu"][0], out["cuda"][0], rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(out["cpu"][1], out["cuda"][1], rtol=1e-6, atol=1e-12)
+
+
+def test_cli_runs_on_cuda(tmp_path, tiny):
+    run = tmp_path / "run"
+    result = run_cli([*tiny, "device=cuda", "method=adaptive", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["device"] == "cuda" and info["status"] == "finished"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert all(2 <= int(r["K"]) <= 20 for r in rows)
