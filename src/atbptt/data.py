@@ -6,6 +6,7 @@ Synthetic data comes from its own generator seeded by ``dataset.seed``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
@@ -189,7 +190,9 @@ def make_corpus(cfg: DatasetConfig, default_data_dir: Path, cache_dir: Optional[
     from .corpus import load_corpus, resolve_data_dir
 
     data_dir = resolve_data_dir(cfg.data_dir, default_data_dir)
-    corpus = load_corpus(cfg.name.value, data_dir, cache_dir=cache_dir, progress=progress)
+    offline = os.environ.get("ATBPTT_OFFLINE", "") not in ("", "0")  # never try to download
+    corpus = load_corpus(cfg.name.value, data_dir, cache_dir=cache_dir, download=not offline,
+                         progress=progress)
     train = lm_split(corpus.train, cfg.batch_size)
     valid = lm_split(corpus.valid, cfg.eval_batch_size)
     test = lm_split(corpus.test, cfg.eval_batch_size)

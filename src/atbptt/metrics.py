@@ -10,7 +10,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -115,5 +115,3 @@ def hardware() -> Dict[str, object]:
             "platform": platform.platform()}
 
 
-def column_values(rows: Iterable[Dict[str, str]], column: str) -> List[str]:
-    return [r[column] for r in rows]

@@ -15,8 +15,10 @@ runs 2K-1 steps; the loss is taken on the K new steps only, so every term gets >
             burn-in (recur only)  | new steps (decoded, in the loss)
     lags:                           K     ...  2K-1
 
-The burn-in steps only need the recurrence ('lean'); ``decode_burn_in=True`` also decodes
-them and discards the result, as the authors' code does (kept for benchmarks).
+The burn-in steps only need the recurrence ('lean'); ``decode_burn_in=True`` is the
+straightforward version (the authors'): decode all 2K-1 outputs in one call and slice the K
+new ones for the loss, so the decoder's forward and backward run over every step (kept for
+benchmarks).
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def chunk_forward(model: RNNModel, split: Split, walker: Walker, K: int, style: 
     if burn > 0:
         hidden, state = model.recur(x[:burn], state)
         if decode_burn_in:
-            model.decode(hidden)  # computed and discarded, as the straightforward version does
+            pieces.append(hidden)
     # the first new step ends where the next chunk's burn-in starts (if K stays the same)
     hidden, state = model.recur(x[burn:burn + 1], state)
     pieces.append(hidden)
@@ -92,6 +94,8 @@ def chunk_forward(model: RNNModel, split: Split, walker: Walker, K: int, style: 
         hidden, state = model.recur(x[burn + 1:], state)
         pieces.append(hidden)
     out = model.decode(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+    if decode_burn_in and burn > 0:
+        out = out[burn:]  # decoded (forward and backward) over all 2K-1 steps, then sliced
     walker.pos = pos + K
     return loss_fn(out, y), K
 

@@ -136,6 +136,10 @@ class Trainer:
                 burn_in=m.burn_in, num_windows=m.num_windows, num_estimates=num_estimates,
                 loss_fn=self.window_loss, generator=self.estimator_rng, beta_method=m.beta_method,
                 tau=m.tau, deltas=(*DELTAS, self.cfg.delta), k_min=m.k_min, k_max=m.k_max, device=self.device)
+        except ValueError as err:  # a NaN profile: the last steps may have diverged unchecked
+            if all(torch.isfinite(w).all() for w in self.model.parameters()):
+                raise
+            raise Diverged("the weights became NaN or inf (seen by the K estimator)") from err
         finally:
             self.model.train(was_training)
         self.progress.estimation_time += est.seconds
@@ -347,7 +351,7 @@ def check_run_dir(cfg: Config, run_dir: Path) -> Optional[dict]:
     info = read_json(run_dir / "run.json")
     if info is not None and not _same_run(info.get("config", {}), _config_dict(cfg)):
         raise ConfigError(f"{run_dir} holds a different run; pick another output directory "
-                          "(hydra.run.dir=...) instead of overwriting it")
+                          "(hydra.run.dir / hydra.sweep.dir) instead of overwriting it")
     return info
 
 
@@ -358,6 +362,8 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
     info_path, ckpt_path = run_dir / "run.json", run_dir / CHECKPOINT
     info = check_run_dir(cfg, run_dir)
     if info is not None and info["status"] in ("finished", "diverged"):
+        if info["status"] == "finished":  # killed between run.json and the checkpoint's removal
+            ckpt_path.unlink(missing_ok=True)
         print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
         return str(info["status"])
     torch.set_num_threads(cfg.threads)

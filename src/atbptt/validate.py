@@ -91,12 +91,14 @@ def precheck(argv: List[str]) -> Optional[str]:
         return f"cannot parse overrides: {_first_line(err)}"
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     out_dir = "results/sweeps" if multirun else "results/runs"
-    plain, choices = [], {}
+    plain, choices, hydra_args = [], {}, []
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra"):
             if key == dir_key:
                 out_dir = o.value() if isinstance(o.value(), str) else str(o.value())
+            if not o.is_sweep_override():
+                hydra_args.append(o.input_line)
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         if o.is_sweep_override() and not multirun:
@@ -106,7 +108,7 @@ def precheck(argv: List[str]) -> Optional[str]:
             return f"{o.input_line}: {message}"
         choices[o.input_line] = [f"{'+' if o.is_add() else ''}{key}={v}" for v in values]
         plain.append(choices[o.input_line][0])
-    return _check_output_dir(out_dir) or _compose_all(plain, choices)
+    return _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args)
 
 
 def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) -> Optional[str]:
@@ -121,16 +123,21 @@ def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) 
     return _check_key(key)
 
 
-def _compose_all(plain: List[str], choices: Dict[str, List[str]]) -> Optional[str]:
-    """Compose once per sweep value (the others at their first value) and validate."""
+def _compose_all(plain: List[str], choices: Dict[str, List[str]],
+                 hydra_args: List[str] = ()) -> Optional[str]:
+    """Compose once per sweep value (the others at their first value) and validate; Hydra's
+    own overrides (``hydra/launcher=joblib``, ``hydra.launcher.n_jobs=2``...) once with them."""
     from hydra import compose, initialize_config_module
 
     register_configs()
     variants = [plain] + [[v if p == vals[0] else p for p in plain] for vals in choices.values()
                           for v in vals[1:]]
     with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
-        for overrides in variants:
+        for i, overrides in enumerate(variants):
             try:
+                if i == 0 and hydra_args:
+                    compose(config_name="config", overrides=[*hydra_args, *overrides],
+                            return_hydra_config=True)
                 config = to_config(compose(config_name="config", overrides=overrides))
                 _check_device(config)
             except ConfigError as err:
