@@ -91,6 +91,11 @@ def read_meta(run_dir: Path) -> dict:
     meta["max_time"] = _first(meta.get("max_time"), cfg.get("max_time"))
     if meta.get("true_rho") is None and meta["dataset"] in ("linear", "var"):
         meta["true_rho"] = dataset_cfg.get("rho")
+    if not meta.get("scale"):  # describe the scale from what the run recorded
+        budget = f"{float(meta['epochs_budget']):g} epochs" if meta["epochs_budget"] else ""
+        if meta["max_time"]:
+            budget += f"{' or ' if budget else ''}{float(meta['max_time']):g} s of training"
+        meta["scale"] = f"{meta.get('model', 'model ?')}, budget {budget}, {meta.get('device', '?')}"
     meta.setdefault("status", "failed")
     meta.setdefault("task", None)
     meta["run_dir"] = display_path(run_dir)
