@@ -60,6 +60,9 @@ def test_same_seed_same_metrics_and_seed_changes_them(tmp_path, tiny):
         assert result.returncode == 0, result.stderr
     a, b, c = (without_time(rows(dirs[n])) for n in "abc")
     assert a == b
+    # the adaptive run keeps K within [k_min, k_max] and logs a finite bias estimate
+    assert all(2 <= int(r["K"]) <= 20 and float(r["delta_hat"]) < float("inf") for r in a)
+    assert len({r["K"] for r in a}) > 1  # K was re-estimated
     assert a[0]["valid_loss"] != c[0]["valid_loss"]  # initial weights depend on seed
 
 

@@ -27,6 +27,7 @@ from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_los
 
 CHECKPOINT = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
+PROGRESS_EVERY = 60.0  # seconds between progress lines between evaluations
 
 
 class Diverged(RuntimeError):
@@ -231,34 +232,41 @@ class Trainer:
     # ----------------------------------------------------------------------- the loop
     def fit(self) -> None:
         """Train until the epoch or time budget is spent, evaluating ``evals_per_epoch`` times
-        per epoch (and once before training); checkpoint after every evaluation."""
+        per epoch (and once before training); checkpoint after every evaluation.
+
+        ``train_time`` is the wall clock between evaluations (training chunks and, for the
+        adaptive method, K estimation); on CUDA the device is synchronized only at evaluations."""
         cfg, p, length = self.cfg, self.progress, self.data.train.length
         session_start, wall_base = time.perf_counter(), p.wall_time
         if p.evals == 0:
             self.eval_and_save(None, wall_base)
         loss_acc = torch.zeros((), device=self.device)
-        chunks = 0
+        chunks, segment_start, last_print = 0, time.perf_counter(), time.perf_counter()
         while not p.done:
             if self.walker.pos >= length:  # new epoch: fresh state, from the start
                 p.epoch += 1
                 self.walker = Walker.start(self.model, self.data.train.num_streams, self.device)
-            t0 = time.perf_counter()
             loss_acc += self.train_chunk()
             self.maybe_reestimate()
             chunks += 1
             if chunks % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(loss_acc)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            p.train_time += time.perf_counter() - t0
-            p.done = (self.fraction() >= cfg.epochs - 1e-9
-                      or (cfg.max_time is not None and p.train_time >= cfg.max_time))
-            if p.done or self.fraction() >= (p.evals) / cfg.evals_per_epoch - 1e-9:
+            now = time.perf_counter()
+            p.done = (self.fraction() >= cfg.epochs - 1e-9 or
+                      (cfg.max_time is not None and p.train_time + now - segment_start >= cfg.max_time))
+            if p.done or self.fraction() >= p.evals / cfg.evals_per_epoch - 1e-9:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                p.train_time += time.perf_counter() - segment_start
                 train_loss = _check_finite(loss_acc) / chunks
                 loss_acc.zero_()
                 chunks = 0
                 self.eval_and_save(train_loss, wall_base + time.perf_counter() - session_start)
                 self._print_progress(train_loss)
+                segment_start = last_print = time.perf_counter()
+            elif cfg.progress and now - last_print > PROGRESS_EVERY:
+                self._print_running(float(loss_acc) / chunks, p.train_time + now - segment_start)
+                last_print = now
 
     def eval_and_save(self, train_loss: Optional[float], wall_time: float) -> None:
         p = self.progress
@@ -269,6 +277,12 @@ class Trainer:
         self.last_row = row
         p.evals += 1
         self.save()
+
+    def _print_running(self, train_loss: float, train_time: float) -> None:
+        p = self.progress
+        print(f"epoch {self.fraction():7.3f} | step {p.step:6d} | train loss {train_loss:.4f} | "
+              f"K {p.K:4d} | {p.tokens / max(train_time, 1e-9):9.0f} tok/s | {train_time:7.1f} s",
+              flush=True)
 
     def _print_progress(self, train_loss: float) -> None:
         if not self.cfg.progress:
