@@ -154,10 +154,17 @@ def setting_label(method: str, K: int, delta: float) -> str:
     return f"K={K}" if method == "fixed" else f"δ={delta:g}"
 
 
+def _rho(meta: dict):
+    """The data's true decay (linear/var sweeps over it), rounded so equal values match."""
+    rho = meta.get("true_rho")
+    return None if rho is None or (isinstance(rho, float) and math.isnan(rho)) else round(float(rho), 6)
+
+
 def setting_key(meta: dict) -> tuple:
-    """Runs of one method setting: fixed runs differ by K only (delta is unused there)."""
+    """Runs of one method setting: fixed runs differ by K only (delta is unused there);
+    runs on data of a different true decay rho are different settings."""
     delta = None if meta["method"] == "fixed" else meta["delta"]
-    return (meta["experiment"], meta["method"], meta["K"], delta)
+    return (meta["experiment"], meta["method"], meta["K"], delta, _rho(meta))
 
 
 def _preference(meta: dict) -> tuple:
@@ -192,10 +199,15 @@ def label_settings(metas: list[dict]) -> None:
     for meta in metas:
         if meta["method"] != "fixed":
             starts.setdefault((meta["experiment"], meta["delta"]), set()).add(meta["K"])
+    rhos: dict[str, set] = {}
+    for meta in metas:
+        rhos.setdefault(meta["experiment"], set()).add(_rho(meta))
     for meta in metas:
         label = setting_label(meta["method"], meta["K"], meta["delta"])
         if meta["method"] != "fixed" and len(starts[(meta["experiment"], meta["delta"])]) > 1:
             label += f" (K0={meta['K']})"
+        if len(rhos[meta["experiment"]]) > 1:
+            label += f", ρ={_rho(meta):g}"
         meta["setting"] = label
 
 
@@ -255,11 +267,12 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         per_run.append({**{c: first[c] for c in ID_COLUMNS}, **best_of_run(run, first["task"])})
     per_run = pd.DataFrame(per_run).reindex(columns=ID_COLUMNS + BEST_COLUMNS)
     per_run["delta_key"] = per_run["delta"].where(per_run["method"] != "fixed", np.nan)
+    per_run["rho_key"] = per_run["true_rho"].astype(float).round(6)
     rows = []
-    keys = ["experiment", "method", "K", "delta_key", "setting"]
+    keys = ["experiment", "method", "K", "delta_key", "rho_key", "setting"]
     for key, group in per_run.groupby(keys, sort=False, dropna=False):
         rows.append(_summary_row(dict(zip(keys, key)), group))
-    summary = pd.DataFrame(rows).rename(columns={"delta_key": "delta"})
+    summary = pd.DataFrame(rows).rename(columns={"delta_key": "delta"}).drop(columns="rho_key")
     return sort_settings(summary)
 
 
@@ -285,9 +298,10 @@ def _summary_row(key: dict, group: pd.DataFrame) -> dict:
 def sort_settings(frame: pd.DataFrame) -> pd.DataFrame:
     """Fixed K ascending, then adaptive delta descending (the paper's table order)."""
     order = frame.assign(_fixed=frame["method"] != "fixed",
-                         _delta=-frame["delta"].fillna(0), _K=frame["K"])
-    order = order.sort_values(["experiment", "_fixed", "_delta", "_K"])
-    return order.drop(columns=["_fixed", "_delta", "_K"]).reset_index(drop=True)
+                         _delta=-frame["delta"].fillna(0), _K=frame["K"],
+                         _rho=frame["true_rho"].astype(float).fillna(0))
+    order = order.sort_values(["experiment", "_rho", "_fixed", "_delta", "_K"])
+    return order.drop(columns=["_fixed", "_delta", "_K", "_rho"]).reset_index(drop=True)
 
 
 def profile_rows(meta: dict) -> pd.DataFrame | None:
