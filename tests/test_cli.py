@@ -55,7 +55,7 @@ def test_same_seed_same_metrics_and_seed_changes_them(tmp_path, tiny):
     dirs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         dirs[name] = tmp_path / name
-        result = run_cli([*tiny, "method=adaptive", "method.reestimate_every=3", "model.dropout=0.1",
+        result = run_cli([*tiny, "method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "model.dropout=0.1",
                           f"seed={seed}", f"hydra.run.dir={dirs[name]}"], cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     a, b, c = (without_time(rows(dirs[n])) for n in "abc")

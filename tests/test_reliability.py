@@ -65,7 +65,7 @@ def profiles(run_dir: Path) -> dict:
 @pytest.mark.parametrize("method", [
     ["method=fixed", "model.num_layers=2", "model.dropout=0.2"],
     # K changes every 3 chunks: the estimator's RNG, K and its counters are in the checkpoint
-    ["method=adaptive", "method.reestimate_every=3", "delta=0.05", "model.num_layers=2",
+    ["method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "delta=0.05", "model.num_layers=2",
      "model.dropout=0.2"],
 ], ids=["fixed", "adaptive"])
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
