@@ -20,13 +20,12 @@ Targets: (a) at least 2x faster than (b) at W=400, and at most 0.8x of (d).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
 import torch.nn.functional as F
 
-from atbptt.adaptive import grad_norm_profile
+from atbptt.adaptive import grad_norm_profile, native_cpu_kernels
 from atbptt.config import Cell
 from atbptt.models import ModelSpec, RNNModel
 
@@ -62,17 +61,6 @@ def chained_profile(model, x, y, state, loss_fn):
             torch.autograd.backward(states[W - 1 - k], grad, retain_graph=True, inputs=leaf)
             grad = tuple(s.grad for s in leaf)
     return torch.stack(phi), total.norm()
-
-
-@contextlib.contextmanager
-def native_cpu_kernels():
-    """Run nn.LSTM without oneDNN, as ``grad_norm_profile`` does on the CPU."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def chained_native_profile(model, x, y, state, loss_fn):

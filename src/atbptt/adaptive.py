@@ -91,7 +91,9 @@ def _device_of(model: nn.Module, fallback: Tensor) -> torch.device:
 
 
 @contextlib.contextmanager
-def _without_mkldnn():
+def native_cpu_kernels():
+    """PyTorch's native CPU RNN kernels instead of oneDNN's, whose backward always computes
+    the weight gradients (the profile needs only state gradients)."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -115,7 +117,7 @@ def _profile_backend(model: nn.Module, fallback: Tensor):
     autograd skip them, which halves the profile's time (scripts/bench_profile.py)."""
     if _device_of(model, fallback).type == "cuda":
         return _cuda_eval_guard(model, fallback)
-    return _without_mkldnn()
+    return native_cpu_kernels()
 
 
 def _summed_loss(loss_fn: LossFn, out: Tensor, target: Tensor) -> Tensor:
