@@ -3,8 +3,10 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DATA    ?= $(abspath ../shared/data)
-export ATBPTT_DATA ?= $(DATA)
+# verified corpora beside the checkout, when present (else $ATBPTT_DATA or ./data, see README)
+ifneq ($(wildcard ../shared/data/ptb),)
+export ATBPTT_DATA ?= $(abspath ../shared/data)
+endif
 
 .PHONY: help setup run test test-fast bench figures aggregate sweep-copy sweep-copy-variable \
         sweep-linear sweep-var sweep-ptb-cpu sweep-wikitext2-cpu clean
