@@ -9,6 +9,7 @@ import hashlib
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,7 +34,7 @@ def short_dirname(overrides: str) -> str:
 OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"atbptt-run: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -73,7 +74,6 @@ def task(cfg: DictConfig) -> str:
         print(f"atbptt-run: job {hc.job.override_dirname} failed: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)
         return "failed"  # the other jobs of the sweep go on
-    return "unreachable"
 
 
 def main() -> None:
