@@ -145,3 +145,30 @@ def test_evaluate_carries_state_across_chunks():
         full = float(loss_fn(out, split.targets))
     for chunk in (5, 7, 100):
         assert evaluate(model, split, chunk, loss_fn, "cpu") == pytest.approx(full, rel=1e-12)
+
+
+def test_fused_cross_entropy_equals_torch():
+    """The fused loss has F.cross_entropy's value and gradient, and refuses a second backward
+    through a retained graph and double backward (its backward overwrites what it saved)."""
+    import torch.nn.functional as F
+    from atbptt.tbptt import cross_entropy
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 11, (40,), generator=g)
+    target[:5] = target[0]  # repeated classes in one column
+    ours = cross_entropy(logits, target)
+    (g_ours,) = torch.autograd.grad(3.0 * ours, logits)
+    ref = F.cross_entropy(logits, target)
+    (g_ref,) = torch.autograd.grad(3.0 * ref, logits)
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-14)
+    assert torch.allclose(g_ours, g_ref, rtol=0, atol=1e-15)
+    with torch.no_grad():
+        assert torch.equal(cross_entropy(logits, target), F.cross_entropy(logits, target))
+    loss = cross_entropy(logits, target)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError):
+        loss.backward()
+    loss = cross_entropy(logits, target)
+    (g1,) = torch.autograd.grad(loss, logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g1.sum().backward()

@@ -67,8 +67,14 @@ class RNNModel(nn.Module):
 
     def recur(self, x: Tensor, state: State) -> Tuple[Tensor, State]:
         """Run the recurrent core only: returns top-layer hidden ``[T, B, H]`` and the state."""
-        emb = self.drop(self.encoder(x))  # (T, B, E)
-        return self.core(emb, state)
+        return self.core(self.embed(x), state)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Encoder and input dropout, ``[T, B, E]``: ``recur(x, s) == core(embed(x), s)``.
+
+        Embedding a window once and running the core over slices of it gives the encoder one
+        dense gradient (one zero-fill of a vocabulary-sized buffer) instead of one per slice."""
+        return self.drop(self.encoder(x))
 
     def decode(self, hidden: Tensor) -> Tensor:
         return self.decoder(self.drop(hidden))

@@ -27,6 +27,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .config import Style
 from .data import Split
@@ -38,8 +39,40 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def sequence_loss(classification: bool) -> LossFn:
     """Mean loss over every time step, stream (and output dimension)."""
     if classification:
-        return lambda out, y: torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        return lambda out, y: cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     return lambda out, y: torch.nn.functional.mse_loss(out, y)
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits [N, C]`` against class ids ``target [N]``.
+
+    Equal to ``F.cross_entropy`` (mean reduction); with a gradient it uses a fused backward,
+    ``(softmax - onehot) / N`` written into the saved log-softmax in place. That skips the
+    zero-filled ``[N, C]`` buffer of ``nll_loss``'s backward and the extra pass of
+    ``log_softmax``'s backward: with a 10k vocabulary the loss is a fixed cost of every
+    chunk, so this is a large share of a lean overlap step (``make bench``)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _CrossEntropy.apply(logits, target)
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
+        log_probs = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_probs, target)
+        return -log_probs.gather(1, target[:, None]).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        # unpacking checks the saved tensor's version: a second backward through a retained
+        # graph raises instead of reading the probabilities written below
+        log_probs, target = ctx.saved_tensors
+        scale = (grad / log_probs.shape[0]).to(log_probs.dtype)
+        out = log_probs.exp_().mul_(scale)
+        out.scatter_add_(1, target[:, None], (-scale).expand(target.shape[0], 1))
+        return out, None
 
 
 def last_step_loss(classification: bool) -> LossFn:
@@ -81,17 +114,18 @@ def chunk_forward(model: RNNModel, split: Split, walker: Walker, K: int, style: 
     x = split.inputs[start:pos + K].to(device, non_blocking=True)  # (pos - start + K, B, ...)
     burn = pos - start
     state = walker.state
+    emb = model.embed(x)
     pieces = []
     if burn > 0:
-        hidden, state = model.recur(x[:burn], state)
+        hidden, state = model.core(emb[:burn], state)
         if decode_burn_in:
             pieces.append(hidden)
     # the first new step ends where the next chunk's burn-in starts (if K stays the same)
-    hidden, state = model.recur(x[burn:burn + 1], state)
+    hidden, state = model.core(emb[burn:burn + 1], state)
     pieces.append(hidden)
     walker.anchor, walker.state = pos + 1, detach_state(state)
     if K > 1:
-        hidden, state = model.recur(x[burn + 1:], state)
+        hidden, state = model.core(emb[burn + 1:], state)
         pieces.append(hidden)
     out = model.decode(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
     if decode_burn_in and burn > 0:
