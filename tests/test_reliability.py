@@ -108,6 +108,28 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     assert (dir_ / "metrics.csv").read_bytes() == before
 
 
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_refused_sweep_job_does_not_stop_the_others(tmp_path, launcher):
+    """Job 0's directory holds another run: it is refused (one line, its files untouched),
+    job 1 still runs, and the sweep exits 2 at the end, naming the refused directory."""
+    sweep = tmp_path / "sweep"
+    tiny = [a for a in TINY if not a.startswith("K=")]
+    args = [*tiny, "epochs=0.25", "hydra.sweep.subdir=${hydra.job.num}", f"hydra.sweep.dir={sweep}"]
+    first = run(["-m", "K=5", *args], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    second = run(["-m", "K=6,7", *args, *extra], tmp_path)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2, second.stderr
+    assert len(lines) == 2 and "refused" in lines[0] and "holds a different run" in lines[0]
+    assert lines[1].startswith("atbptt-run: error: 1 sweep job(s) refused")
+    assert (sweep / "refused.txt").read_text().splitlines() == [str(sweep / "0")]
+    assert {p.name: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == before
+    assert status(sweep / "0")["config"]["K"] == 5
+    assert status(sweep / "1")["status"] == "finished" and status(sweep / "1")["config"]["K"] == 7
+
+
 # --------------------------------------------------------------------------- divergence
 @pytest.mark.slow
 def test_divergence_stops_jobs_cleanly_and_the_sweep_goes_on(tmp_path):

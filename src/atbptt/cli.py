@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,7 @@ from .validate import precheck, to_config
 
 register_configs()
 MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
+REFUSED_FILE = "refused.txt"  # in a sweep dir: one line per job refused by this sweep
 
 
 def short_dirname(overrides: str) -> str:
@@ -50,6 +52,22 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
         (folder / name).write_text(OmegaConf.to_yaml(node))
 
 
+class SweepReport(Callback):
+    """Registered in conf/config.yaml. Runs in the launching process, whatever the launcher:
+    after the sweep, exit 2 if jobs were refused (their directories hold other runs), so a
+    script notices, while every other job still ran."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        (Path(config.hydra.sweep.dir) / REFUSED_FILE).unlink(missing_ok=True)  # an earlier sweep's
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / REFUSED_FILE
+        refused = path.read_text().splitlines() if path.exists() else []
+        if refused:
+            _fail(f"{len(refused)} sweep job(s) refused, their directories hold different runs "
+                  f"(listed in {path}); the other jobs ran")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
     from .corpus import DataError
@@ -62,7 +80,17 @@ def task(cfg: DictConfig) -> str:
         if multirun:  # one job per process slot: sweeps share the cores
             config.threads = 1
         run_dir = Path(hc.runtime.output_dir)
-        check_run_dir(config, run_dir)  # a refused run must leave the other run's .hydra/ alone
+        try:
+            check_run_dir(config, run_dir)  # a refused run leaves the other run's .hydra/ alone
+        except ConfigError as err:
+            if not multirun:
+                raise
+            # this job only: the other jobs go on, and SweepReport makes the sweep exit 2
+            print(f"atbptt-run: error: job {hc.job.override_dirname or hc.job.num} refused: {err}",
+                  file=sys.stderr, flush=True)
+            with open(Path(hc.sweep.dir) / REFUSED_FILE, "a") as f:  # one short O_APPEND write
+                f.write(f"{run_dir}\n")
+            return "refused"
         save_hydra_files(cfg, run_dir)
         return run(config, run_dir, Path(hc.runtime.cwd) / "data")
     except (ConfigError, DataError) as err:
