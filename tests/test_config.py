@@ -80,6 +80,8 @@ def test_settings_match_method_and_value():
     (["dataset.rho=1.2"], "dataset.rho must be in (0, 1)"),
     (["K=5,10"], "a sweep needs -m"),
     (["-m", "K=5,0"], "K must be an integer >= 1"),
+    (["-m", "K=5,6", "--cfg", "hydra"], "--cfg cannot be combined with -m/--multirun"),
+    (["--info", "--multirun"], "--info cannot be combined with -m/--multirun"),
 ])
 def test_bad_input_gives_one_line(argv, needle):
     message = precheck(argv)
@@ -91,6 +93,7 @@ def test_good_input_passes_precheck():
     assert precheck(["method=adaptive", "delta=0.1", "K=20"]) is None
     assert precheck(["-m", "experiment=copy_fixed", "+setting=K5,delta0.1"]) is None
     assert precheck(["--help"]) is None
+    assert precheck(["K=5", "--cfg", "job"]) is None
 
 
 def test_unwritable_output_directory(tmp_path):

@@ -20,6 +20,8 @@ from .config import Config, ConfigError, register_configs
 GROUPS = ("dataset", "model", "method", "experiment", "setting")
 # flags after which Hydra does not run a job (help, printing the config, completion...)
 _NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
+# Hydra's run modes besides --run/--multirun: at most one per command
+_MODE_FLAGS = {"--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
 def group_options(group: str) -> List[str]:
@@ -79,9 +81,13 @@ def _check_output_dir(value: str) -> Optional[str]:
 
 
 def precheck(argv: List[str]) -> Optional[str]:
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    modes = [a for a in argv if a in _MODE_FLAGS or a.startswith(("--cfg=", "--info="))]
+    if multirun and modes:  # Hydra raises a ValueError with a traceback for this
+        return (f"{modes[0]} cannot be combined with -m/--multirun (Hydra takes one of --run, "
+                "--multirun, --cfg, --info, --shell-completion); drop -m to print the config")
     if any(a in _NO_JOB_FLAGS or a.startswith("--cfg") for a in argv):
         return None
-    multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-")]
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
