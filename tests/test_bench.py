@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_one_table():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],

@@ -80,8 +80,10 @@ def test_settings_match_method_and_value():
     (["dataset.rho=1.2"], "dataset.rho must be in (0, 1)"),
     (["K=5,10"], "a sweep needs -m"),
     (["-m", "K=5,0"], "K must be an integer >= 1"),
-    (["-m", "K=5,6", "--cfg", "hydra"], "--cfg cannot be combined with -m/--multirun"),
-    (["--info", "--multirun"], "--info cannot be combined with -m/--multirun"),
+    (["-m", "K=5,6", "--cfg", "hydra"], "--multirun and --cfg cannot be combined"),
+    (["--info", "--multirun"], "--multirun and --info cannot be combined"),
+    (["-cjob", "--multi"], "--multirun and --cfg cannot be combined"),
+    (["-r", "-m"], "--run and --multirun cannot be combined"),
 ])
 def test_bad_input_gives_one_line(argv, needle):
     message = precheck(argv)
@@ -94,6 +96,7 @@ def test_good_input_passes_precheck():
     assert precheck(["-m", "experiment=copy_fixed", "+setting=K5,delta0.1"]) is None
     assert precheck(["--help"]) is None
     assert precheck(["K=5", "--cfg", "job"]) is None
+    assert precheck(["-m", "--help", "--cfg", "job"]) is None  # Hydra shows the help
 
 
 def test_unwritable_output_directory(tmp_path):

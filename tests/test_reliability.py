@@ -84,8 +84,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     assert (dir_ / "checkpoint.pt").exists()
     assert reference.wait(timeout=240) == 0, reference.stderr.read().decode()
 
+    # as if another commit had started it: the resume says so (one warning) and records it
+    info = status(dir_)
+    (dir_ / "run.json").write_text(json.dumps({**info, "git_commit": "f" * 40}))
     resumed = run([*args, f"hydra.run.dir={dir_}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    if info["git_commit"] != "unknown":
+        warnings = [l for l in resumed.stderr.splitlines() if "was started by commit ffffffffff" in l]
+        assert len(warnings) == 1 and status(dir_)["resumed_by_commits"] == [info["git_commit"]]
     assert rows(dir_) == rows(ref_dir)  # bit-identical values, no row lost or repeated
     assert [r["eval"] for r in rows(dir_)] == [str(i) for i in range(9)]
     assert profiles(dir_) == profiles(ref_dir)
@@ -120,11 +126,12 @@ def test_a_refused_sweep_job_does_not_stop_the_others(tmp_path, launcher):
     before = {p.name: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     second = run(["-m", "K=6,7", *args, *extra], tmp_path)
-    lines = second.stderr.strip().splitlines()
+    lines = [l for l in second.stderr.splitlines() if l.startswith("atbptt-run:")]
     assert second.returncode == 2, second.stderr
     assert len(lines) == 2 and "refused" in lines[0] and "holds a different run" in lines[0]
     assert lines[1].startswith("atbptt-run: error: 1 sweep job(s) refused")
-    assert (sweep / "refused.txt").read_text().splitlines() == [str(sweep / "0")]
+    (listing,) = sweep.glob("refused-*.txt")
+    assert listing.read_text().splitlines() == [str(sweep / "0")] and str(listing) in lines[1]
     assert {p.name: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == before
     assert status(sweep / "0")["config"]["K"] == 5
     assert status(sweep / "1")["status"] == "finished" and status(sweep / "1")["config"]["K"] == 7

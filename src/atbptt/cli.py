@@ -6,6 +6,7 @@ gives one line naming the key and what is allowed, and a non-zero exit, not a tr
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ from .validate import precheck, to_config
 
 register_configs()
 MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
-REFUSED_FILE = "refused.txt"  # in a sweep dir: one line per job refused by this sweep
+REFUSED_ENV = "ATBPTT_REFUSED_FILE"  # set by SweepReport: where sweep jobs list refusals
 
 
 def short_dirname(overrides: str) -> str:
@@ -53,16 +54,21 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 class SweepReport(Callback):
-    """Registered in conf/config.yaml. Runs in the launching process, whatever the launcher:
-    after the sweep, exit 2 if jobs were refused (their directories hold other runs), so a
-    script notices, while every other job still ran."""
+    """Registered in conf/config.yaml; runs in the launching process, whatever the launcher.
+
+    At the start it names this launch's list of refused jobs, ``<sweep dir>/refused-<pid>.txt``
+    (absolute, passed to the jobs in ``ATBPTT_REFUSED_FILE``, so two sweeps into one directory
+    keep separate lists); at the end, if jobs were refused (their directories hold other runs),
+    it exits 2 with one line, so a script notices, while every other job still ran."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        (Path(config.hydra.sweep.dir) / REFUSED_FILE).unlink(missing_ok=True)  # an earlier sweep's
+        path = Path(os.getcwd(), config.hydra.sweep.dir, f"refused-{os.getpid()}.txt")
+        os.environ[REFUSED_ENV] = str(path)  # launcher workers start later and inherit it
+        path.unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = Path(config.hydra.sweep.dir) / REFUSED_FILE
-        refused = path.read_text().splitlines() if path.exists() else []
+        path = Path(os.environ.pop(REFUSED_ENV, ""))
+        refused = path.read_text().splitlines() if path.is_file() else []
         if refused:
             _fail(f"{len(refused)} sweep job(s) refused, their directories hold different runs "
                   f"(listed in {path}); the other jobs ran")
@@ -88,8 +94,14 @@ def task(cfg: DictConfig) -> str:
             # this job only: the other jobs go on, and SweepReport makes the sweep exit 2
             print(f"atbptt-run: error: job {hc.job.override_dirname or hc.job.num} refused: {err}",
                   file=sys.stderr, flush=True)
-            with open(Path(hc.sweep.dir) / REFUSED_FILE, "a") as f:  # one short O_APPEND write
-                f.write(f"{run_dir}\n")
+            listing = os.environ.get(REFUSED_ENV)
+            try:
+                if listing:
+                    with open(listing, "a") as f:  # one short O_APPEND write
+                        f.write(f"{Path(hc.runtime.cwd, run_dir)}\n")
+            except OSError as io_err:
+                print(f"atbptt-run: cannot list the refused job in {listing}: {io_err}",
+                      file=sys.stderr, flush=True)
             return "refused"
         save_hydra_files(cfg, run_dir)
         return run(config, run_dir, Path(hc.runtime.cwd) / "data")

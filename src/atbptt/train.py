@@ -391,6 +391,12 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
         trainer.load(torch.load(ckpt_path, map_location=device, weights_only=False))
         trainer.metrics.truncate(trainer.progress.evals)
         _say(cfg, f"resuming {run_dir} at epoch {trainer.fraction():.3f} ({trainer.progress.evals} evaluations)")
+        commit = git_commit(Path(__file__).resolve().parent)
+        if "unknown" not in (info.get("git_commit", "unknown"), commit) and commit != info["git_commit"]:
+            print(f"atbptt-run: warning: {run_dir} was started by commit {info['git_commit'][:10]} "
+                  f"and is resumed by {commit[:10]}; the result may differ from an uninterrupted "
+                  "run by rounding", file=sys.stderr, flush=True)
+            info["resumed_by_commits"] = [*info.get("resumed_by_commits", []), commit]
     else:
         trainer.metrics.truncate(0)
         info = _run_info(cfg, data, trainer.model, device)

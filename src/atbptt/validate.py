@@ -20,8 +20,6 @@ from .config import Config, ConfigError, register_configs
 GROUPS = ("dataset", "model", "method", "experiment", "setting")
 # flags after which Hydra does not run a job (help, printing the config, completion...)
 _NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
-# Hydra's run modes besides --run/--multirun: at most one per command
-_MODE_FLAGS = {"--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
 def group_options(group: str) -> List[str]:
@@ -81,13 +79,10 @@ def _check_output_dir(value: str) -> Optional[str]:
 
 
 def precheck(argv: List[str]) -> Optional[str]:
+    message = _check_modes(argv)
+    if message or any(a in _NO_JOB_FLAGS or a.startswith("--cfg") for a in argv):
+        return message
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    modes = [a for a in argv if a in _MODE_FLAGS or a.startswith(("--cfg=", "--info="))]
-    if multirun and modes:  # Hydra raises a ValueError with a traceback for this
-        return (f"{modes[0]} cannot be combined with -m/--multirun (Hydra takes one of --run, "
-                "--multirun, --cfg, --info, --shell-completion); drop -m to print the config")
-    if any(a in _NO_JOB_FLAGS or a.startswith("--cfg") for a in argv):
-        return None
     overrides = [a for a in argv if not a.startswith("-")]
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -115,6 +110,27 @@ def precheck(argv: List[str]) -> Optional[str]:
         choices[o.input_line] = [f"{'+' if o.is_add() else ''}{key}={v}" for v in values]
         plain.append(choices[o.input_line][0])
     return _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args)
+
+
+def _check_modes(argv: List[str]) -> Optional[str]:
+    """Hydra's own rule (at most one of --run, --multirun, --cfg, --info, --shell-completion,
+    checked after --help/--hydra-help), parsed by Hydra's parser, as one line: Hydra itself
+    raises a ValueError with a traceback."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # argparse already printed its one-line usage error
+        return None
+    if args.help or args.hydra_help:
+        return None
+    modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun),
+                                   ("--cfg", args.cfg is not None), ("--info", args.info is not None),
+                                   ("--shell-completion", args.shell_completion)) if on]
+    if len(modes) > 1:
+        return (f"{' and '.join(modes)} cannot be combined: Hydra takes one of --run, "
+                "--multirun, --cfg, --info, --shell-completion per command")
+    return None
 
 
 def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) -> Optional[str]:
