@@ -4,7 +4,7 @@ Shared machines are noisy: every benchmark interleaves ours and the baseline ove
 rounds and reports medians, so the ratio is meaningful even when absolute times drift.
 
   1. lean overlap TBPTT vs decoding all 2K-1 steps (the authors' way), tokens/s, K = 35
-  2. 'chunk' style vs a plain pytorch/examples-style loop
+  2. 'chunk' style vs a plain pytorch/examples-style loop; the fused loss alone vs torch's
   3. gradient-norm profile vs the authors' chained backward and vs one TBPTT(W) step
      (scripts/bench_profile.py)
   4. peak memory of one overlap training step for K in {10, 50, 100, 200, 300}
@@ -27,7 +27,7 @@ import torch
 from atbptt.config import Cell, Style
 from atbptt.data import Split
 from atbptt.models import ModelSpec, RNNModel, detach_state
-from atbptt.tbptt import Walker, chunk_forward, sequence_loss
+from atbptt.tbptt import Walker, chunk_forward, cross_entropy, sequence_loss
 
 
 def make_setup(hidden: int, vocab: int, batch: int, length: int, device: str):
@@ -128,6 +128,29 @@ def bench_overlap(args, device) -> List[tuple]:
     return rows
 
 
+def bench_loss(args, device) -> List[tuple]:
+    """The training loss alone, forward and backward, on the logits of one K=35 chunk."""
+    K = 35
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(K * args.batch, args.vocab, generator=g).to(device).requires_grad_()
+    target = torch.randint(0, args.vocab, (K * args.batch,), generator=g).to(device)
+
+    def timed(loss_fn):
+        def go() -> float:
+            start = time.perf_counter()
+            for _ in range(args.chunks):
+                logits.grad = None
+                loss_fn(logits, target).backward()
+            _sync(device)
+            return time.perf_counter() - start
+        return go
+
+    t_ours, t_base, ratio = paired(timed(cross_entropy), timed(torch.nn.functional.cross_entropy),
+                                   args.rounds)
+    return [(f"loss alone, fwd+bwd [{K * args.batch}x{args.vocab}]: fused vs F.cross_entropy (s)",
+             t_ours / args.chunks, t_base / args.chunks, ratio, "")]
+
+
 def peak_memory(args, device) -> List[tuple]:
     """Peak memory of an overlap training step (two steps, so the optimizer state exists):
     max allocated on CUDA; on CPU the peak RSS of a fresh process per K (``ru_maxrss`` only
@@ -182,8 +205,8 @@ def profile_rows(args) -> List[tuple]:
 def print_table(rows: List[tuple], device: str) -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"\ndevice: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("units: overlap/chunk rows tokens/s (higher is better), profile rows seconds, memory MiB;"
-          " ratio = ours' speed over the baseline's (median of paired rounds)")
+    print("units: overlap/chunk rows tokens/s (higher is better), loss and profile rows seconds,"
+          " memory MiB; ratio = ours' speed over the baseline's (median of paired rounds)")
     width = max(len("benchmark"), *(len(r[0]) for r in rows))
     print(f"{'benchmark':{width}s}  {'ours':>10s}  {'baseline':>10s}  {'ratio':>7s}  target")
     for label, ours, base, ratio, target in rows:
@@ -204,7 +227,7 @@ def main() -> None:
     args.hidden, args.vocab, args.batch = (32, 500, 8) if args.quick else (200, 10000, 32)
     args.chunks, args.rounds = (3, 1) if args.quick else (6, 9)
     args.memory_K = [10, 50] if args.quick else [10, 50, 100, 200, 300]
-    rows = bench_overlap(args, args.device) + peak_memory(args, args.device)
+    rows = bench_overlap(args, args.device) + bench_loss(args, args.device) + peak_memory(args, args.device)
     if not args.skip_profile:
         rows += profile_rows(args)
     print_table(rows, args.device)
