@@ -62,7 +62,7 @@ def test_settings_match_method_and_value():
 
 @pytest.mark.parametrize("argv,needle", [
     (["model=transformer"], "allowed: gru, lstm, srnn"),
-    (["dataset=nope"], "allowed: copy, copy_variable, linear, ptb, var, wikitext2"),
+    (["dataset=nope"], "allowed: copy, copy_paper, copy_variable, copy_variable_paper, linear, ptb, var, wikitext2"),
     (["method=sgd"], "allowed: adaptive, fixed"),
     (["K=0"], "K must be an integer >= 1"),
     (["K=ten"], "K=ten"),

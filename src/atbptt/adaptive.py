@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import BetaMethod
+from .config import BetaMethod, GradNormBound
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOG_FLOOR = -50.0  # log φ̂ at or below this counts as numerically zero (NOTES §3 step 3)
@@ -270,13 +270,33 @@ def _relative_from_bound(E: np.ndarray, cum: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(bound), rel, np.inf)
 
 
+def norm_sum(phi_mean: np.ndarray) -> np.ndarray:
+    """The cruder stand-in for ‖E ĝ_K‖/M: G_k = Σ_{j≤k} φ̂_j, the cumulative sum of the mean
+    norms (NOTES §3 step 2; the paper's PTB and WikiText-2 runs). Since Σ‖·‖ ≥ ‖Σ·‖ it is
+    at least the ``grad`` stand-in, so its ℓ is larger and its δ̂(K) smaller."""
+    return np.cumsum(np.asarray(phi_mean, dtype=float))
+
+
+def lower_bound_curve(phi_mean: np.ndarray, cum: np.ndarray,
+                      grad_norm_bound: GradNormBound | str = GradNormBound.grad) -> np.ndarray:
+    """G_k ``[W]`` under the chosen stand-in: ``grad`` is ``cum`` as the profile measured it
+    (norm of the averaged cumulative state gradient), ``norm_sum`` is ``norm_sum(phi_mean)``."""
+    if GradNormBound(grad_norm_bound) == GradNormBound.norm_sum:
+        return norm_sum(phi_mean)
+    return np.asarray(cum, dtype=float)
+
+
 def relative_bias(phi, cum, beta_method: BetaMethod | str = BetaMethod.ols,
-                  tau: Optional[int] = None, burn_in: Optional[int] = None
+                  tau: Optional[int] = None, burn_in: Optional[int] = None,
+                  grad_norm_bound: GradNormBound | str = GradNormBound.grad
                   ) -> Tuple[float, np.ndarray]:
     """β̂ and δ̂(K) for K = 1..W (NOTES §3 steps 2–5); ``rel_bias[K-1] = δ̂(K)``.
 
-    ``phi``: ``[W, S]`` per-window norms or the window mean ``[W]``; ``cum``: G ``[W]``.
-    τ: ``tau`` if given, else W − ``burn_in`` (W − W//10 without either), in [0, W−1]."""
+    ``phi``: ``[W, S]`` per-window norms or the window mean ``[W]``; ``cum``: G ``[W]`` as
+    ``grad_norm_profile`` returns it. τ: ``tau`` if given, else W − ``burn_in`` (W − W//10
+    without either), in [0, W−1]. ``grad_norm_bound`` picks the stand-in for ‖E ĝ_K‖ in ℓ:
+    ``grad`` (``cum``, the theory's) or ``norm_sum`` (Σ_{j≤k} φ̂_j, the paper's LM runs).
+    Raises ValueError on NaN/inf or mismatched shapes."""
     phi = np.asarray(phi, dtype=float)
     cum = np.asarray(cum, dtype=float)
     _check_finite("phi", phi)
@@ -286,7 +306,8 @@ def relative_bias(phi, cum, beta_method: BetaMethod | str = BetaMethod.ols,
         raise ValueError(f"phi [W] or [W, S] and cum [W] must agree; got {phi.shape}, {cum.shape}")
     tau = _default_tau(phi_mean.size, tau, burn_in)
     beta_hat = fit_beta(phi_mean, beta_method, tau)
-    return beta_hat, _relative_from_bound(bias_bound(phi_mean, beta_hat, tau), cum)
+    curve = lower_bound_curve(phi_mean, cum, grad_norm_bound)
+    return beta_hat, _relative_from_bound(bias_bound(phi_mean, beta_hat, tau), curve)
 
 
 def geometric_tail(phi_mean, beta_hat: float, tau: int) -> np.ndarray:
@@ -331,11 +352,13 @@ def sample_windows(inputs: Tensor, targets: Tensor, length: int, num_windows: in
 class Estimate:
     """One K̂ estimate, averaged over ``num_estimates`` independent profiles.
 
-    ``phi``: φ̂ over all windows of all profiles; ``cum``: G averaged over profiles;
-    ``beta_hat``: mean of the per-profile β̂; ``rel_bias``: δ̂(K), K = 1..W, recomputed from
-    the pooled φ̂ and G with that mean β̂ (so ``rel_bias``, ``tail`` and ``beta_hat`` agree;
-    with one profile it is exactly ``relative_bias``); ``K_hat``: per-profile K̂(δ) averaged
-    and rounded, as the authors average K̂ over independent estimates."""
+    ``phi``: φ̂ over all windows of all profiles; ``cum``: G (``grad`` stand-in) averaged over
+    profiles; ``beta_hat``: mean of the per-profile β̂; ``rel_bias``: δ̂(K), K = 1..W, under
+    ``grad_norm_bound``, recomputed from the pooled φ̂ and G with that mean β̂ (so
+    ``rel_bias``, ``tail`` and ``beta_hat`` agree; with one profile it is exactly
+    ``relative_bias``); ``K_hat``: per-profile K̂(δ) averaged and rounded, as the authors
+    average K̂ over independent estimates. ``by_bound`` holds ``(rel_bias, K_hat)`` under
+    each stand-in, from the same profiles, so the two can be compared."""
 
     phi: np.ndarray
     cum: np.ndarray
@@ -346,15 +369,20 @@ class Estimate:
     tau: int
     seconds: float
     betas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-profile β̂
+    grad_norm_bound: GradNormBound = GradNormBound.grad
+    by_bound: Dict[GradNormBound, Tuple[np.ndarray, Dict[float, int]]] = field(default_factory=dict)
 
-    def delta_hat(self, K: int) -> float:
-        """δ̂(K); beyond the window (K > W ≥ τ) the bound keeps decaying as β̂^{K−W}."""
-        W = self.rel_bias.size
+    def delta_hat(self, K: int, grad_norm_bound: GradNormBound | str | None = None) -> float:
+        """δ̂(K) under ``grad_norm_bound`` (default: the estimate's own stand-in); beyond the
+        window (K > W ≥ τ) the bound keeps decaying as β̂^{K−W}. Raises ValueError if K < 1."""
+        rel_bias = (self.rel_bias if grad_norm_bound is None
+                    else self.by_bound[GradNormBound(grad_norm_bound)][0])
+        W = rel_bias.size
         if K < 1:
             raise ValueError(f"K={K} must be >= 1")
         if K <= W:
-            return float(self.rel_bias[K - 1])
-        last = float(self.rel_bias[-1])
+            return float(rel_bias[K - 1])
+        last = float(rel_bias[-1])
         if not math.isfinite(last) or last == 0 or self.beta_hat >= 1:
             return last
         return last * self.beta_hat ** (K - W)
@@ -376,33 +404,47 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
              num_estimates: int = 1, beta_method: BetaMethod | str = BetaMethod.ols,
              tau: Optional[int] = None, deltas: Sequence[float] = (1.0, 0.9, 0.5, 0.1),
              k_min: int = 1, k_max: Optional[int] = None,
-             device: torch.device | str | None = None) -> Estimate:
+             device: torch.device | str | None = None,
+             grad_norm_bound: GradNormBound | str = GradNormBound.grad) -> Estimate:
     """K̂(δ) and δ̂(K) from ``num_estimates`` fresh profiles (Algorithm 1; NOTES §3).
 
-    Draws only from ``generator`` and never from the global RNG (training randomness is
-    unaffected); the caller puts the model in eval mode. ``seconds`` is the wall clock."""
+    ``grad_norm_bound`` picks the stand-in behind ``rel_bias`` and ``K_hat`` (``grad`` or
+    ``norm_sum``, see ``relative_bias``); both are computed, in ``by_bound``.
+    Never changes the global RNG (training randomness is unaffected): windows come from
+    ``generator``, and in training mode the dropout masks from a seed drawn from it. The caller
+    sets the mode (the authors profile in training mode, dropout active). ``seconds`` is the
+    wall clock."""
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(model, inputs)
     k_max = window if k_max is None else k_max
     tau = _default_tau(window, tau, burn_in)
-    phis, cums, betas, ks = [], [], [], {d: [] for d in deltas}
+    chosen = GradNormBound(grad_norm_bound)
+    phis, cums, betas = [], [], []
+    ks = {b: {d: [] for d in deltas} for b in GradNormBound}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         for _ in range(num_estimates):
             phi, cum = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
                                      num_windows=num_windows, loss_fn=loss_fn,
                                      generator=generator, device=device)
-            beta, rel = relative_bias(phi.numpy(), cum.numpy(), beta_method, tau)
+            for bound in GradNormBound:
+                beta, rel = relative_bias(phi.numpy(), cum.numpy(), beta_method, tau,
+                                          grad_norm_bound=bound)
+                for d in deltas:
+                    ks[bound][d].append(choose_K(rel, d, k_min, k_max))
             phis.append(phi.numpy().mean(axis=1))
             cums.append(cum.numpy())
-            betas.append(beta)
-            for d in deltas:
-                ks[d].append(choose_K(rel, d, k_min, k_max))
+            betas.append(beta)  # β̂ does not depend on the stand-in
     phi_mean, cum_mean, beta_hat = np.mean(phis, 0), np.mean(cums, 0), float(np.mean(betas))
-    rel_bias = _relative_from_bound(bias_bound(phi_mean, beta_hat, tau), cum_mean)
-    K_hat = {d: int(math.floor(np.mean(v) + 0.5)) for d, v in ks.items()}
+    E = bias_bound(phi_mean, beta_hat, tau)
+    by_bound = {b: (_relative_from_bound(E, lower_bound_curve(phi_mean, cum_mean, b)),
+                    {d: int(math.floor(np.mean(v) + 0.5)) for d, v in ks[b].items()})
+                for b in GradNormBound}
+    rel_bias, K_hat = by_bound[chosen]
     return Estimate(phi=phi_mean, cum=cum_mean, beta_hat=beta_hat, rel_bias=rel_bias,
                     K_hat=K_hat, tail=geometric_tail(phi_mean, beta_hat, tau), tau=tau,
-                    seconds=time.perf_counter() - start, betas=np.asarray(betas))
+                    seconds=time.perf_counter() - start, betas=np.asarray(betas),
+                    grad_norm_bound=chosen, by_bound=by_bound)
 
 
 # ----------------------------------------------------------------------------- bias audit

@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 class DatasetName(Enum):
     copy = "copy"
     copy_variable = "copy_variable"
+    copy_paper = "copy_paper"  # the paper's own copy data, fixed m = 10 (NOTES §5)
+    copy_variable_paper = "copy_variable_paper"  # the paper's own data, m in [5, 10]
     linear = "linear"
     var = "var"
     ptb = "ptb"
@@ -42,6 +44,20 @@ class MethodName(Enum):
 class Style(Enum):
     overlap = "overlap"  # the paper's: every loss term gets >= K lags
     chunk = "chunk"  # pytorch/examples: loss at position j gets j+1 lags
+
+
+class Init(Enum):
+    """Initial weights (NOTES §4, Initialization)."""
+
+    paper = "paper"  # every matrix uniform in ±sqrt(3 / max(rows, cols)), every vector zero
+    torch = "torch"  # PyTorch's defaults (nn.Embedding N(0, 1), nn.LSTM/Linear uniform ±1/sqrt(fan))
+
+
+class GradNormBound(Enum):
+    """Stand-in for ‖E ĝ_K‖/M in the lower bound ℓ on ‖g‖ (NOTES §3 step 2)."""
+
+    grad = "grad"  # G_k = ‖mean over windows of Σ_{j≤k} ∂L/∂h at lag j‖ (the theory's; synthetic runs)
+    norm_sum = "norm_sum"  # G_k = Σ_{j≤k} φ̂_j, cumulative sum of mean norms (the paper's LM runs)
 
 
 class BetaMethod(Enum):
@@ -104,6 +120,7 @@ class ModelConfig:
     embedding_size: int = 50  # token inputs; the linear input layer's width for vectors
     dropout: float = 0.0
     tie_weights: bool = False  # needs embedding_size == hidden_size
+    init: Init = Init.paper  # initial weights: the paper's uniform scheme, or PyTorch's defaults
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "embedding_size"):
@@ -134,6 +151,11 @@ class MethodConfig:
     num_estimates: int = 1  # profiles averaged per K estimate
     log_estimates: int = 1  # fresh profiles per evaluation for fixed-K runs (0: skip)
     audit: bool = False  # also log the true relative bias of TBPTT(K) on the windows
+    # stand-in for ‖E ĝ_K‖ in δ̂(K) (both are logged; this one sets K): dataset files choose the
+    # paper's (grad for synthetic tasks, norm_sum for PTB / WikiText-2)
+    grad_norm_bound: GradNormBound = GradNormBound.grad
+    # profile with dropout active, as the authors' estimator does (training mode); false: eval mode
+    profile_dropout: bool = True
 
     def __post_init__(self) -> None:
         for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):

@@ -15,11 +15,16 @@ from typing import Dict, List, Optional
 import numpy as np
 
 DELTAS = (1.0, 0.9, 0.5, 0.1)  # K_hat is logged for these delta (NOTES §3)
+GRAD_NORM_BOUNDS = ("grad", "norm_sum")  # config.GradNormBound values
 TIME_COLUMNS = ("train_time", "wall_time", "estimation_time")
 COLUMNS = (
     "eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
     "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K", "lr",
     "beta_hat", "delta_hat", *(f"K_hat_{d}" for d in DELTAS), "true_rel_bias",
+    # δ̂ of the K in use and K̂(δ) under each stand-in for ‖E ĝ_K‖ (NOTES §3 step 2);
+    # delta_hat and K_hat_* above repeat the run's own choice (method.grad_norm_bound)
+    *(f"delta_hat_{b}" for b in GRAD_NORM_BOUNDS),
+    *(f"K_hat_{d}_{b}" for b in GRAD_NORM_BOUNDS for d in DELTAS),
 )
 
 

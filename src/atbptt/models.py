@@ -14,7 +14,7 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .config import Cell
+from .config import Cell, Init
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -32,6 +32,24 @@ class ModelSpec:
     embedding_size: int = 50
     dropout: float = 0.0
     tie_weights: bool = False
+    init: Init = Init.paper
+
+
+def paper_init_(module: nn.Module) -> None:
+    """The paper's initial weights (NOTES §4): every matrix (a parameter of dim > 1: the
+    embedding, the input layer, the recurrent core's stacked gate matrices and the decoder,
+    tied or not) uniform in ±sqrt(3 / max(rows, cols)); every vector (the biases) zero.
+
+    With it an untrained language model predicts close to uniformly (perplexity ≈ the
+    vocabulary size); PyTorch's N(0, 1) embedding, tied to the decoder, starts far above it.
+    Draws from the global torch RNG, in ``named_parameters`` order (shared tensors once)."""
+    with torch.no_grad():
+        for _, param in module.named_parameters():
+            if param.dim() > 1:
+                bound = (3.0 / max(param.shape[0], param.shape[1])) ** 0.5
+                param.uniform_(-bound, bound)
+            else:
+                param.zero_()
 
 
 class RNNModel(nn.Module):
@@ -54,6 +72,8 @@ class RNNModel(nn.Module):
                 raise ValueError("tie_weights needs token inputs, equal vocabularies and "
                                  "embedding_size == hidden_size")
             self.decoder.weight = self.encoder.weight
+        if spec.init == Init.paper:
+            paper_init_(self)
 
     @property
     def is_lstm(self) -> bool:

@@ -46,7 +46,7 @@ def build_model(cfg: Config, data: TaskData, device: torch.device) -> RNNModel:
     """Initial weights depend on ``seed`` alone: the same for every method and K."""
     m = cfg.model
     spec = ModelSpec(m.cell, data.input_size, data.output_size, data.token_inputs, m.hidden_size,
-                     m.num_layers, m.embedding_size, m.dropout, m.tie_weights)
+                     m.num_layers, m.embedding_size, m.dropout, m.tie_weights, m.init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = RNNModel(spec)
@@ -130,13 +130,16 @@ class Trainer:
     def estimate(self, num_estimates: int) -> adaptive.Estimate:
         m = self.cfg.method
         was_training = self.model.training
-        self.model.eval()  # no dropout: deterministic, and the global RNG is left alone
+        # the authors profile in training mode (dropout active, NOTES §3); the estimator draws
+        # its dropout masks from its own generator, so the training RNG is left alone
+        self.model.train(m.profile_dropout)
         try:
             est = adaptive.estimate(
                 self.model, self.data.train.inputs, self.data.train.targets, window=m.window,
                 burn_in=m.burn_in, num_windows=m.num_windows, num_estimates=num_estimates,
                 loss_fn=self.window_loss, generator=self.estimator_rng, beta_method=m.beta_method,
-                tau=m.tau, deltas=(*DELTAS, self.cfg.delta), k_min=m.k_min, k_max=m.k_max, device=self.device)
+                tau=m.tau, deltas=(*DELTAS, self.cfg.delta), k_min=m.k_min, k_max=m.k_max,
+                device=self.device, grad_norm_bound=m.grad_norm_bound)
         except ValueError as err:  # a NaN profile: the last steps may have diverged unchecked
             if all(torch.isfinite(w).all() for w in self.model.parameters()):
                 raise
@@ -194,6 +197,10 @@ class Trainer:
             rel = est["rel_bias"]
             row.update(beta_hat=est["beta_hat"], delta_hat=rel[min(p.K, len(rel)) - 1],
                        **{f"K_hat_{d}": est["K_hat"][d] for d in DELTAS})
+            for bound, alt in est["by_bound"].items():  # both stand-ins, same profiles
+                rel = alt["rel_bias"]
+                row[f"delta_hat_{bound}"] = rel[min(p.K, len(rel)) - 1]
+                row.update({f"K_hat_{d}_{bound}": alt["K_hat"][d] for d in DELTAS})
             write_profile(self.run_dir / "profiles" / f"eval_{p.evals:05d}.csv",
                           np.asarray(est["phi"]), np.asarray(est["cum"]), np.asarray(est["tail"]),
                           est["beta_hat"], est["tau"])
@@ -310,7 +317,10 @@ def _estimate_record(est: "adaptive.Estimate", delta: float) -> dict:
     return {"phi": np.asarray(est.phi).tolist(), "cum": np.asarray(est.cum).tolist(),
             "tail": np.asarray(est.tail).tolist(), "rel_bias": np.asarray(est.rel_bias).tolist(),
             "beta_hat": float(est.beta_hat), "tau": int(est.tau),
-            "K_hat": {d: int(est.K_hat[d]) for d in DELTAS}, "K_chosen": int(est.K_hat[delta])}
+            "K_hat": {d: int(est.K_hat[d]) for d in DELTAS}, "K_chosen": int(est.K_hat[delta]),
+            "by_bound": {b.value: {"rel_bias": np.asarray(rel).tolist(),
+                                   "K_hat": {d: int(k[d]) for d in DELTAS}}
+                         for b, (rel, k) in est.by_bound.items()}}
 
 
 def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, device) -> float:
@@ -350,7 +360,8 @@ def _run_info(cfg: Config, data: TaskData, model: RNNModel, device: torch.device
         "task": "classification" if data.classification else "regression",
         "method": cfg.method.name.value, "K": cfg.K, "delta": cfg.delta, "seed": cfg.seed,
         "style": cfg.method.style.value, "model": f"{cfg.model.cell.value.upper()} "
-        f"{cfg.model.num_layers}x{cfg.model.hidden_size}",
+        f"{cfg.model.num_layers}x{cfg.model.hidden_size}", "init": cfg.model.init.value,
+        "grad_norm_bound": cfg.method.grad_norm_bound.value,
         "vocab_size": data.info.get("vocab_size"), "dims": data.info.get("dims"),
         "true_rho": data.info.get("true_rho"), "tokens": data.tokens, "num_params": num_params(model),
         "device": device.type, "device_name": name, "torch_version": torch.__version__,
