@@ -12,6 +12,7 @@ timestamp of an experiment is included). For each experiment this writes into
 - ``runs.csv``       one row per run and evaluation (metrics.csv joined with run identifiers);
 - ``summary.csv``    one row per method setting (fixed K, or adaptive delta);
 - ``profiles.csv``   the last gradient-norm profile of every run;
+- ``standins.csv``   (audited runs) how often each stand-in's δ̂ bounds the true relative bias;
 - ``provenance.json`` code versions, hardware, budgets, statuses, compute spent.
 
 'Best' follows NOTES §4: the evaluation with the lowest validation PPL (validation loss for
@@ -35,11 +36,15 @@ import pandas as pd
 import yaml
 
 ID_COLUMNS = ["experiment", "dataset", "task", "method", "K", "delta", "seed", "setting",
-              "status", "true_rho", "scale", "run_dir"]
+              "status", "true_rho", "scale", "init", "grad_norm_bound", "run_dir"]
 METRIC_COLUMNS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
                   "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K_in_use",
                   "lr", "beta_hat", "delta_hat", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5",
-                  "K_hat_0.1", "true_rel_bias"]
+                  "K_hat_0.1", "true_rel_bias",
+                  # both stand-ins for ‖E ĝ_K‖ (NOTES §3 step 2), logged from the same profiles
+                  *(f"delta_hat_{b}" for b in ("grad", "norm_sum")),
+                  *(f"K_hat_{d}_{b}" for b in ("grad", "norm_sum") for d in ("1.0", "0.9", "0.5", "0.1"))]
+STANDINS = ("grad", "norm_sum")
 PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
 BEST_COLUMNS = ["has_best", "final_K", "beta_hat", "final_epoch", "final_train_time",
                 "best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best",
@@ -96,6 +101,11 @@ def read_meta(run_dir: Path) -> dict:
         if meta["max_time"]:
             budget += f"{' or ' if budget else ''}{float(meta['max_time']):g} s of training"
         meta["scale"] = f"{meta.get('model', 'model ?')}, budget {budget}, {meta.get('device', '?')}"
+    model_cfg = cfg.get("model") or {}
+    # runs from before model.init / method.grad_norm_bound existed used PyTorch's defaults
+    # and the averaged-gradient stand-in
+    meta["init"] = _first(meta.get("init"), model_cfg.get("init"), "torch")
+    meta["grad_norm_bound"] = _first(meta.get("grad_norm_bound"), method_cfg.get("grad_norm_bound"), "grad")
     meta.setdefault("status", "failed")
     meta.setdefault("task", None)
     meta["run_dir"] = display_path(run_dir)
@@ -228,7 +238,35 @@ def run_rows(meta: dict, metrics: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for i, column in enumerate(ID_COLUMNS):
         frame.insert(i, column, meta.get(column))
+    for split in ("valid", "test"):
+        frame[f"{split}_ppl_floor"] = ppl_floor(meta, split)
     return frame
+
+
+def ppl_floor(meta: dict, split: str) -> float:
+    """Best attainable perplexity of the run's data split, as the run recorded it (copy
+    tasks: ``ppl_floor`` in run.json, from atbptt.data.copy_floor); NaN elsewhere."""
+    floors = meta.get("ppl_floor") or {}
+    value = (floors.get(split) or {}).get("ppl_floor")
+    return float(value) if value is not None else np.nan
+
+
+def standin_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, how the two stand-ins' δ̂ of the K in use compare with the audited true
+    relative bias (``true_rel_bias``, method.audit), and which K̂(δ) each picks (medians)."""
+    rows = []
+    audited = runs[np.isfinite(pd.to_numeric(runs["true_rel_bias"], errors="coerce"))]
+    for setting, group in audited.groupby("setting", sort=False):
+        row = {"setting": setting, "n_audited": len(group),
+               "true_rel_bias_median": group["true_rel_bias"].median()}
+        for b in STANDINS:
+            est = group[f"delta_hat_{b}"]
+            row[f"share_{b}_bounds_true"] = float((est >= group["true_rel_bias"]).mean())
+            row[f"delta_hat_{b}_median"] = est.median()
+            for d in ("0.9", "0.5", "0.1"):
+                row[f"K_hat_{d}_{b}_median"] = group[f"K_hat_{d}_{b}"].median()
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _finite(series: pd.Series) -> pd.Series:
@@ -266,6 +304,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         first = run.iloc[0]
         per_run.append({**{c: first[c] for c in ID_COLUMNS}, **best_of_run(run, first["task"])})
     per_run = pd.DataFrame(per_run).reindex(columns=ID_COLUMNS + BEST_COLUMNS)
+    floors = runs.groupby("run_dir", sort=False)[["valid_ppl_floor", "test_ppl_floor"]].first()
+    per_run = per_run.join(floors, on="run_dir")
     per_run["delta_key"] = per_run["delta"].where(per_run["method"] != "fixed", np.nan)
     per_run["rho_key"] = per_run["true_rho"].astype(float).round(6)
     rows = []
@@ -292,6 +332,8 @@ def _summary_row(key: dict, group: pd.DataFrame) -> dict:
     row["final_epoch_mean"] = group["final_epoch"].mean()
     row["true_rho"] = group["true_rho"].iloc[0]
     row["scale"] = group["scale"].iloc[0]
+    for split in ("valid", "test"):
+        row[f"{split}_ppl_floor"] = group[f"{split}_ppl_floor"].iloc[0]
     return row
 
 
@@ -343,6 +385,9 @@ def provenance(metas: list[dict], runs: pd.DataFrame, notes: list[str]) -> dict:
         "max_time": _unique(metas, "max_time"),
         "scale": _unique(metas, "scale"),
         "datasets": _unique(metas, "dataset"),
+        "inits": _unique(metas, "init"),
+        "grad_norm_bounds": _unique(metas, "grad_norm_bound"),
+        "ppl_floor": next((m["ppl_floor"] for m in metas if m.get("ppl_floor")), None),
         "train_time_hours": round(float(final_time.sum()) / 3600, 4),
         "train_core_hours": round(core_seconds / 3600, 4),
         "first_start": min((m["start_time"] for m in metas if m.get("start_time")), default=None),
@@ -392,6 +437,9 @@ def write_experiment(name: str, metas: list[dict], runs: pd.DataFrame, notes: li
                      pd.DataFrame(columns=["experiment", "setting", "seed", "eval"]
                                   + PROFILE_COLUMNS))
     profile_frame.to_csv(folder / "profiles.csv", index=False)
+    standins = standin_rows(runs)
+    if len(standins):
+        standins.to_csv(folder / "standins.csv", index=False)
     with open(folder / "provenance.json", "w") as f:
         json.dump(provenance(metas, runs, notes), f, indent=2, default=str)
     return summary

@@ -56,7 +56,7 @@ def load_experiment(folder: Path) -> dict:
     provenance_path = folder / "provenance.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
     task = str(summary["task"].iloc[0]) if "task" in summary and len(summary) else "classification"
-    return {"name": folder.name, "runs": runs, "summary": summary, "profiles": profiles,
+    return {"name": folder.name, "folder": folder, "runs": runs, "summary": summary, "profiles": profiles,
             "provenance": provenance, "task": task,
             "metric": "ppl" if task == "classification" else "loss"}
 
@@ -181,12 +181,61 @@ def finish(fig, axes, exp: dict, title: str, path: Path, note: bool = True) -> N
     plt.close(fig)
 
 
+def test_floor(exp: dict) -> float:
+    """Best attainable test PPL of the experiment's data (copy tasks), NaN if not recorded."""
+    summary = exp["summary"]
+    if "test_ppl_floor" not in summary:
+        return np.nan
+    values = pd.to_numeric(summary["test_ppl_floor"], errors="coerce").dropna()
+    return float(values.iloc[0]) if len(values) else np.nan
+
+
+def floor_line(ax, exp: dict) -> None:
+    """A grey dotted line at the best attainable test PPL (atbptt.data.copy_floor)."""
+    floor = test_floor(exp)
+    if exp["metric"] == "ppl" and np.isfinite(floor):
+        ax.axhline(floor, color="0.5", linestyle=":", linewidth=1.2,
+                   label=f"best attainable ({floor:.3f})")
+
+
+def standin_figure(exp: dict, path: Path) -> bool:
+    """δ̂(K) of the K in use under each stand-in against the audited true relative bias
+    (one point per evaluation); points above the diagonal bound the truth. False if no
+    run was audited."""
+    runs = exp["runs"]
+    if "true_rel_bias" not in runs or "delta_hat_grad" not in runs:
+        return False
+    audited = runs[np.isfinite(pd.to_numeric(runs["true_rel_bias"], errors="coerce"))]
+    audited = audited[audited["true_rel_bias"] > 0]
+    if audited.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    for column, marker, label in (("delta_hat_grad", "o", "grad: ‖averaged Σ∂L/∂h‖"),
+                                  ("delta_hat_norm_sum", "^", "norm_sum: Σ mean ‖∂L/∂h‖")):
+        ok = audited[np.isfinite(audited[column]) & (audited[column] > 0)]
+        ax.scatter(ok["true_rel_bias"], ok[column], marker=marker, s=16, alpha=0.7, label=label)
+    lo = max(min(audited["true_rel_bias"].min(), 1e-6), 1e-12)
+    hi = max(audited["true_rel_bias"].max(), 1.0)
+    ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=1, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("audited true relative bias of TBPTT(K)")
+    ax.set_ylabel("estimated δ̂(K)")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(f"{exp['name']}: the two stand-ins for ‖E ĝ_K‖\n[{scale_label(exp)}]", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def three_panels(exp: dict, runs: pd.DataFrame, styles: dict, x: str, xlabel: str,
                  title: str, path: Path) -> None:
     """NOTES §7: test metric at best valid so far, K in use, δ̂(K) of that K (log)."""
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8))
     plot_panel(axes[0], runs, styles, x, "test_at_best")
     robust_ylim(axes[0], runs, "test_at_best")
+    floor_line(axes[0], exp)
     axes[0].set_ylabel(metric_label(exp, "test {} at best valid"))
     plot_panel(axes[1], runs, styles, x, "K_in_use")
     axes[1].set_ylabel("truncation K in use")
@@ -322,6 +371,7 @@ def table_markdown(exp: dict, paper: pd.DataFrame) -> str:
             hit = published[(published["setting"] == setting) & (published["metric"] == m)]
             cells[column] = f"{hit['mean'].iloc[0]} ({hit['sd'].iloc[0]})" if len(hit) else ""
         lines.append("| " + " | ".join(cells.get(c, "") for c in header) + " |")
+    lines += floor_rows(exp, header)
     source = (f"paper: Aicher, Foti & Fox (UAI 2019), NOTES §6, column '{dataset}' "
               "(GPU, full-size models and budgets)" if dataset else
               "no published counterpart for this experiment")
@@ -332,8 +382,45 @@ def table_markdown(exp: dict, paper: pd.DataFrame) -> str:
         f"evaluation with the best valid {UNITS[metric]}; n = runs (a diverged run counts "
         f"with its best before divergence; failed runs have no numbers).",
         f"Reference: {source}.",
+        f"Initialization: {', '.join(map(str, exp['provenance'].get('inits', []))) or '?'}; "
+        f"stand-in for ‖E ĝ_K‖ that set K: "
+        f"{', '.join(map(str, exp['provenance'].get('grad_norm_bounds', []))) or '?'}.",
         "",
-        *lines, ""])
+        *lines, "", *standin_table(exp)])
+
+
+def floor_rows(exp: dict, header: list[str]) -> list[str]:
+    """A table row with the best attainable valid/test PPL of this data (copy tasks)."""
+    floors = exp["provenance"].get("ppl_floor") or {}
+    if exp["metric"] != "ppl" or not floors:
+        return []
+    cells = {"setting": "best attainable", "n": "",
+             "ours: best valid PPL": f"{floors['valid']['ppl_floor']:.4f}",
+             "ours: test PPL at best": f"{floors['test']['ppl_floor']:.4f}"}
+    share = ", ".join(f"{split} {100 * floors[split]['undetermined_share']:.2f} %"
+                      for split in ("train", "valid", "test") if split in floors)
+    cells["ours: final K"] = f"undetermined targets: {share}"
+    return ["| " + " | ".join(cells.get(c, "") for c in header) + " |"]
+
+
+def standin_table(exp: dict) -> list[str]:
+    """Per setting: how often each stand-in's δ̂ was at least the audited true bias, and the
+    median K̂(0.5) each would pick (standins.csv, written by aggregate.py)."""
+    path = exp.get("folder", Path()) / "standins.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    lines = ["Stand-ins for ‖E ĝ_K‖ against the audited true relative bias of the K in use "
+             "(evaluations with method.audit):", "",
+             "| setting | audited evals | median true bias | δ̂ ≥ true: grad | δ̂ ≥ true: norm_sum "
+             "| median δ̂: grad | median δ̂: norm_sum | median K̂(0.5): grad | median K̂(0.5): norm_sum |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['setting']} | {int(r['n_audited'])} | {r['true_rel_bias_median']:.3g} | "
+                     f"{100 * r['share_grad_bounds_true']:.0f} % | {100 * r['share_norm_sum_bounds_true']:.0f} % | "
+                     f"{r['delta_hat_grad_median']:.3g} | {r['delta_hat_norm_sum_median']:.3g} | "
+                     f"{r['K_hat_0.5_grad_median']:g} | {r['K_hat_0.5_norm_sum_median']:g} |")
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -352,6 +439,8 @@ def make_figures(folder: Path, paper: pd.DataFrame) -> list[Path]:
         written.append(out / "decay.png")
     if beta_figure(exp, styles, out / "beta_vs_rho.png"):
         written.append(out / "beta_vs_rho.png")
+    if standin_figure(exp, out / "standins.png"):
+        written.append(out / "standins.png")
     (folder / "table.md").write_text(table_markdown(exp, paper))
     return written + [folder / "table.md"]
 

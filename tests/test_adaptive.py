@@ -11,7 +11,7 @@ from torch import nn
 
 from atbptt.adaptive import (bias_bound, choose_K, estimate, geometric_tail, grad_norm_profile,
                              relative_bias, sample_windows, true_relative_bias)
-from atbptt.config import BetaMethod, Cell
+from atbptt.config import BetaMethod, Cell, GradNormBound
 from atbptt.models import ModelSpec, RNNModel
 
 torch.set_num_threads(1)
@@ -320,3 +320,58 @@ def test_profile_on_cuda_in_eval_mode_matches_cpu():
     est = estimate(model, *token_split(), window=8, burn_in=2, num_windows=4,
                    loss_fn=ce_per_window, generator=torch.Generator().manual_seed(0))
     assert np.all(np.isfinite(est.phi))
+
+
+# ----------------------------------------------------------------------------- stand-ins for ‖E ĝ_K‖
+
+def test_norm_sum_stand_in_by_hand():
+    """norm_sum: G_k = Σ_{j≤k} φ̂_j (NOTES §3 step 2), the rest as for grad."""
+    beta_hat, rel = relative_bias(PHI, CUM, "ols", tau=3, grad_norm_bound="norm_sum")
+    E = bias_bound(PHI, beta_hat, 3)
+    G = np.cumsum(PHI)  # 8, 12, 14, 15, 15.5, 15.75
+    ell = np.max(G - E[:6])  # G − E = −9, 3, 9, 13, 14.5, 15.25 → ℓ = 15.25 at k = 5
+    assert ell == pytest.approx(15.25)
+    np.testing.assert_allclose(rel, E[1:] / ell, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(Cell))
+def test_norm_sum_never_gives_a_larger_delta_hat(cell):
+    """Σ‖·‖ ≥ ‖Σ·‖: on a real profile the norm_sum curve is at least G, so its δ̂ is at most
+    grad's and its K̂(δ) never larger."""
+    model = small_model(cell)
+    x, y = torch.randint(0, VOCAB, (W, S)), torch.randint(0, VOCAB, (W, S))
+    phi, cum = grad_norm_profile(model, x, y, random_state(model, S), ce_per_window)
+    assert np.all(np.cumsum(phi.numpy().mean(1)) >= cum.numpy() - 1e-12)
+    _, rel_grad = relative_bias(phi.numpy(), cum.numpy(), tau=W - 2)
+    _, rel_sum = relative_bias(phi.numpy(), cum.numpy(), tau=W - 2, grad_norm_bound="norm_sum")
+    assert np.all(rel_sum <= rel_grad + 1e-12)
+    for delta in (0.9, 0.5, 0.1):
+        assert choose_K(rel_sum, delta, 1, W) <= choose_K(rel_grad, delta, 1, W)
+
+
+def test_estimate_computes_both_stand_ins_from_the_same_profiles():
+    model = small_model(Cell.lstm)
+    grad = run_estimate(model, 0, num_estimates=1)
+    norm = run_estimate(model, 0, num_estimates=1, grad_norm_bound="norm_sum")
+    np.testing.assert_array_equal(grad.phi, norm.phi)  # same windows, same profile
+    for est in (grad, norm):
+        for bound in ("grad", "norm_sum"):
+            _, rel = relative_bias(est.phi, est.cum, tau=est.tau, grad_norm_bound=bound)
+            np.testing.assert_allclose(est.by_bound[GradNormBound(bound)][0], rel)
+    np.testing.assert_array_equal(norm.rel_bias, grad.by_bound[GradNormBound.norm_sum][0])
+    assert norm.K_hat == grad.by_bound[GradNormBound.norm_sum][1]
+    assert grad.delta_hat(3, "norm_sum") == norm.delta_hat(3)
+
+
+def test_estimate_in_training_mode_leaves_global_rng_alone():
+    """With dropout active (the authors' profile), masks come from the estimator's generator."""
+    torch.manual_seed(0)
+    spec = ModelSpec(Cell.lstm, VOCAB, VOCAB, token_inputs=True, hidden_size=6, num_layers=2,
+                     embedding_size=4, dropout=0.3)
+    model = RNNModel(spec).double().train()
+    before = torch.get_rng_state()
+    first = run_estimate(model, 5)
+    assert torch.equal(torch.get_rng_state(), before)
+    np.testing.assert_array_equal(run_estimate(model, 5).phi, first.phi)
+    model.eval()
+    assert not np.array_equal(run_estimate(model, 5).phi, first.phi)  # dropout did act

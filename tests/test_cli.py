@@ -110,3 +110,29 @@ def test_regression_dataset_leaves_ppl_empty(tmp_path, tiny):
     assert table[-1]["valid_ppl"] == "" and float(table[-1]["valid_loss"]) > 0
     info = json.loads((out / "run.json").read_text())
     assert info["task"] == "regression" and info["true_rho"] == pytest.approx(0.9)
+
+
+def test_paper_copy_run_records_init_stand_in_and_floor(tmp_path, tiny):
+    out = tmp_path / "run"
+    result = run_cli(["dataset=copy_variable_paper", *tiny, "method=adaptive", "delta=0.5",
+                      f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["init"] == "paper" and info["grad_norm_bound"] == "grad"
+    assert info["dataset"] == "copy_variable_paper" and len(info["data_sha256"]) == 64
+    assert set(info["ppl_floor"]) == {"train", "valid", "test"}
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    for row in rows:  # both stand-ins logged; the run's own is repeated in delta_hat
+        assert row["delta_hat"] == row["delta_hat_grad"] and row["delta_hat_norm_sum"] != ""
+        assert float(row["delta_hat_norm_sum"]) <= float(row["delta_hat_grad"]) + 1e-12
+
+
+def test_corrupt_paper_copy_file_is_refused_with_one_line(tmp_path, tiny):
+    folder = tmp_path / "d" / "copy-aicher2019"
+    folder.mkdir(parents=True)
+    (folder / "copy_fixed.npz").write_bytes(b"not the data")
+    result = run_cli(["dataset=copy_paper", f"dataset.data_dir={tmp_path / 'd'}", *tiny,
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "copy_fixed.npz" in lines[0] and "SHA-256" in lines[0]

@@ -63,3 +63,17 @@ def test_cli_ptb_run_records_vocabulary_and_tokens(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["vocab_size"] == 10000 and info["status"] == "finished"
     assert info["tokens"] == {"train": 929589, "valid": 73760, "test": 82430}
+
+
+@pytest.mark.parametrize("init, low, high", [("paper", 8000, 12000), ("torch", 20000, math.inf)])
+def test_untrained_ptb_model_starts_near_the_vocabulary_size(ptb, init, high, low):
+    """NOTES §4: with the paper's initialization an untrained PTB model (LSTM 1x200, tied)
+    has valid perplexity within 20 % of the vocabulary size; PyTorch's defaults start far above."""
+    from atbptt.config import Init
+
+    torch.manual_seed(0)
+    model = RNNModel(ModelSpec(Cell.lstm, 10000, 10000, True, hidden_size=200, num_layers=1,
+                               embedding_size=200, dropout=0.2, tie_weights=True, init=Init(init)))
+    valid = type(ptb.valid)(ptb.valid.inputs[:2000], ptb.valid.targets[:2000])
+    ppl = math.exp(evaluate(model, valid, 100, sequence_loss(True), torch.device("cpu")))
+    assert low < ppl < high
