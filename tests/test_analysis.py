@@ -57,8 +57,9 @@ def write_run(run_dir: Path, meta: dict, rows: list[dict] | None, config: dict |
             "valid_ppl": valid if ppl else "", "test_ppl": test if ppl else "",
             "K": row["K"], "lr": 1.0, "beta_hat": row.get("beta", 0.8),
             "delta_hat": row.get("delta_hat", 0.3), "K_hat_1.0": 5, "K_hat_0.9": 6,
-            "K_hat_0.5": 9, "K_hat_0.1": 20, "true_rel_bias": ""})
-    pd.DataFrame(table, columns=METRICS).to_csv(run_dir / "metrics.csv", index=False)
+            "K_hat_0.5": 9, "K_hat_0.1": 20, "true_rel_bias": "", **row.get("extra", {})})
+    extra = [c for c in table[0] if c not in METRICS] if table else []
+    pd.DataFrame(table, columns=METRICS + extra).to_csv(run_dir / "metrics.csv", index=False)
     (run_dir / "profiles").mkdir()
     for i in (0, len(rows) - 1):  # profiles at the first and the last evaluation
         beta = rows[i].get("beta", 0.8)
@@ -93,6 +94,20 @@ def make_sweeps(tmp: Path) -> None:
     write_run(later / "K=10,seed=1", {**ident, "method": "fixed", "K": 10, "seed": 1,
                                       "status": "failed", "start_time": "2024-01-02T00:00:00"},
               rows_of([6.0, 9.0], [6.0, 9.0], [10, 10]))
+    paper = tmp / "sweeps" / "copy_paper" / "2024-01-01_00-00-00"
+    floor = {split: {"undetermined_share": share, "undetermined_entropy": 1.0,
+                     "ppl_floor": math.exp(share)}
+             for split, share in (("train", 0.01), ("valid", 0.1), ("test", 0.2))}
+    audited = rows_of([6.0, 2.0, 1.5], [6.0, 2.0, 1.5], [10] * 3)
+    for row, (true, grad, norm, k_grad, k_norm) in zip(audited, [(0.1, 0.5, 0.05, 40, 12),
+                                                                 (0.2, 0.4, 0.3, 30, 10),
+                                                                 (0.3, 0.2, 0.1, 20, 10)]):
+        row["extra"] = {"true_rel_bias": true, "delta_hat_grad": grad, "delta_hat_norm_sum": norm,
+                        "K_hat_0.5_grad": k_grad, "K_hat_0.5_norm_sum": k_norm}
+    write_run(paper / "K=10,seed=0", {"experiment": "copy_paper", "dataset": "copy_paper",
+                                      "method": "fixed", "K": 10, "delta": 0.5, "seed": 0,
+                                      "init": "paper", "grad_norm_bound": "grad",
+                                      "ppl_floor": floor}, audited)
     linear = tmp / "sweeps" / "linear" / "2024-01-01_00-00-00"
     lin = {"experiment": "linear", "dataset": "linear", "true_rho": 0.9}
     write_run(linear / "K=5,seed=0", {**lin, "method": "fixed", "K": 5, "delta": 0.5, "seed": 0},
@@ -252,3 +267,23 @@ def test_paper_results_transcribed():
     row = paper[(paper["dataset"] == "ptb") & (paper["metric"] == "test_ppl")
                 & (paper["setting"] == "δ=0.1")]
     assert row[["mean", "sd"]].values.tolist() == [["87.2", "0.2"]]
+
+
+def test_floor_and_stand_ins_by_hand(outputs):
+    results, _ = outputs
+    summary = read(results, "copy_paper", "summary.csv")
+    assert summary["test_ppl_floor"].iloc[0] == pytest.approx(math.exp(0.2))
+    standins = read(results, "copy_paper", "standins.csv").iloc[0]
+    assert standins["n_audited"] == 3 and standins["true_rel_bias_median"] == pytest.approx(0.2)
+    # grad: 0.5 ≥ 0.1, 0.4 ≥ 0.2, 0.2 < 0.3; norm_sum: 0.05 < 0.1, 0.3 ≥ 0.2, 0.1 < 0.3
+    assert standins["share_grad_bounds_true"] == pytest.approx(2 / 3)
+    assert standins["share_norm_sum_bounds_true"] == pytest.approx(1 / 3)
+    assert standins["K_hat_0.5_grad_median"] == 30 and standins["K_hat_0.5_norm_sum_median"] == 10
+    table = (results / "copy_paper" / "table.md").read_text()
+    floor_row = next(line for line in table.splitlines() if line.startswith("| best attainable"))
+    assert f"{math.exp(0.2):.4f}" in floor_row and "test 20.00 %" in floor_row
+    assert "Initialization: paper" in table and "| K=10 | 3 |" in table
+    assert (results / "copy_paper" / "figures" / "standins.png").is_file()
+    assert not (results / "copy" / "standins.csv").exists()  # nothing audited there
+    provenance = json.loads((results / "copy" / "provenance.json").read_text())
+    assert provenance["inits"] == ["torch"]  # runs from before model.init existed
