@@ -135,7 +135,7 @@ def outputs(tmp_path_factory):
     for command in ([SCRIPTS[0], "--runs", tmp / "sweeps", "--out", results],
                     [SCRIPTS[1], "--results", results]):
         done = subprocess.run([sys.executable, *map(str, command)], capture_output=True,
-                              text=True, env=env, cwd=tmp, timeout=120)
+                              text=True, env=env, cwd=tmp, timeout=600)
         assert done.returncode == 0, done.stderr
         logs.append(done.stdout)
     return results, logs
