@@ -65,8 +65,9 @@ def profiles(run_dir: Path) -> dict:
 @pytest.mark.parametrize("method", [
     ["method=fixed", "model.num_layers=2", "model.dropout=0.2"],
     # K changes every 3 chunks: the estimator's RNG, K and its counters are in the checkpoint
+    # (PyTorch's initialization: on this tiny model its K̂ moves over more values than the paper's)
     ["method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "delta=0.05", "model.num_layers=2",
-     "model.dropout=0.2"],
+     "model.dropout=0.2", "model.init=torch"],
 ], ids=["fixed", "adaptive"])
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     ref_dir, dir_ = tmp_path / "reference", tmp_path / "killed"
