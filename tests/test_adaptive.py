@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atbptt.adaptive import (bias_bound, choose_K, estimate, geometric_tail, grad_norm_profile,
-                             relative_bias, sample_windows, true_relative_bias)
+from atbptt.adaptive import (Lag0, bias_bound, choose_K, estimate, geometric_tail,
+                             grad_norm_profile, relative_bias, sample_windows, true_relative_bias)
 from atbptt.config import BetaMethod, Cell, GradNormBound
 from atbptt.models import ModelSpec, RNNModel
+from word_lm import (WordLM, WordLMRecurDecode, WordLMStateReadout, as_tuple, copy_weights,
+                     per_window)
 
 torch.set_num_threads(1)
 
@@ -34,10 +36,6 @@ def random_state(model: RNNModel, batch: int):
     shape = (model.spec.num_layers, batch, model.spec.hidden_size)
     h = 0.5 * torch.randn(shape, dtype=torch.float64)
     return (h, 0.5 * torch.randn(shape, dtype=torch.float64)) if model.is_lstm else h
-
-
-def as_tuple(state):
-    return state if isinstance(state, tuple) else (state,)
 
 
 def brute_force_profile(model, x, y, state):
@@ -74,23 +72,108 @@ def test_profile_matches_brute_force(cell):
     torch.testing.assert_close(cum, cum_bf, rtol=1e-5, atol=0)
 
 
-class DetachedReadout(nn.Module):
-    """Reads out from a different node than the state it returns: lag 0 is disconnected."""
+# ----------------------------------------------------------------------------- any module
 
-    def __init__(self):
+def word_lm(rnn_type: str, cls=WordLM, seed: int = 0, **kwargs) -> WordLM:
+    """pytorch/examples' shape, 2 layers, float64, eval mode (exact comparisons)."""
+    torch.manual_seed(seed)
+    return cls(rnn_type, VOCAB, 4, 6, 2, **kwargs).double().eval()
+
+
+def word_lm_inputs(model, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, VOCAB, (W, S), generator=gen), torch.randint(0, VOCAB, (W, S), generator=gen)
+    state = tuple(0.5 * torch.randn(s.shape, generator=gen, dtype=torch.float64)
+                  for s in as_tuple(model.init_hidden(S)))
+    return x, y, (state if model.rnn_type == "LSTM" else state[0])
+
+
+def brute_force_entering(model, x, y, state, loss_fn):
+    """φ and G lag by lag in the authors' convention: lag k is the state entering the k-th
+    step before the last, s_{W-1-k}; restart from a leaf copy of it and run k+1 steps."""
+    states = [state]
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            states.append(model(x[t:t + 1], states[-1])[1])
+    grads = []
+    for k in range(x.shape[0]):
+        start = states[x.shape[0] - 1 - k]
+        leaf = tuple(s.clone().requires_grad_() for s in as_tuple(start))
+        out, _ = model(x[x.shape[0] - 1 - k:], leaf if isinstance(start, tuple) else leaf[0])
+        out = out[-1] if not model.flat else out[-x.shape[1]:]
+        grads.append(per_window(torch.autograd.grad(loss_fn(out, y[-1]), leaf), x.shape[1]))
+    grads = torch.stack(grads)  # (W, S, D)
+    return grads.norm(dim=2), grads.mean(1).cumsum(0).norm(dim=1)
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_examples_shaped_model_with_mean_loss_profiles_the_entering_state(rnn_type):
+    """pytorch/examples' shape and nn.CrossEntropyLoss(), unchanged: the readout does not
+    go through the returned state, so lag 0 is the state entering the last step."""
+    model = word_lm(rnn_type)
+    x, y, state = word_lm_inputs(model)
+    profile = grad_norm_profile(model, x, y, state, nn.CrossEntropyLoss())
+    assert profile.lag0 == Lag0.state_entering_step and profile.scalar_loss
+    phi_bf, cum_bf = brute_force_entering(model, x, y, state, nn.CrossEntropyLoss())
+    assert profile.phi.shape == (W, S) and torch.all(profile.phi > 0)
+    torch.testing.assert_close(profile.phi, phi_bf, rtol=1e-8, atol=0)
+    torch.testing.assert_close(profile.cum, cum_bf, rtol=1e-8, atol=0)
+    # the mean over S windows: 1/S of the per-window gradients
+    per = grad_norm_profile(model, x, y, state, nn.CrossEntropyLoss(reduction="none"))
+    assert not per.scalar_loss
+    torch.testing.assert_close(profile.phi, per.phi / S, rtol=1e-12, atol=0)
+
+
+def test_flat_log_softmax_output_with_nll_loss_profiles_the_same():
+    """The current pytorch/examples model returns log-softmax [T*B, V] for nn.NLLLoss."""
+    model = word_lm("LSTM")
+    x, y, state = word_lm_inputs(model)
+    flat = copy_weights(word_lm("LSTM", flat=True), model)
+    phi, cum = grad_norm_profile(flat, x, y, state, nn.NLLLoss())
+    phi_ce, cum_ce = grad_norm_profile(model, x, y, state, nn.CrossEntropyLoss())
+    torch.testing.assert_close(phi, phi_ce, rtol=1e-12, atol=0)
+    torch.testing.assert_close(cum, cum_ce, rtol=1e-12, atol=0)
+    phi_bf, _ = brute_force_entering(flat, x, y, state, nn.NLLLoss())
+    torch.testing.assert_close(phi, phi_bf, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_recur_decode_protocol_takes_the_fast_path(rnn_type):
+    """recur/decode: the W-1 earlier steps are not decoded, the same φ as the generic path;
+    with state_output lag 0 becomes the state after the last step (one lag earlier)."""
+    generic = word_lm(rnn_type)
+    x, y, state = word_lm_inputs(generic)
+    base = grad_norm_profile(generic, x, y, state, nn.CrossEntropyLoss())
+    fast = copy_weights(word_lm(rnn_type, WordLMRecurDecode), generic)
+    profile = grad_norm_profile(fast, x, y, state, nn.CrossEntropyLoss())
+    assert fast.decode_calls == [1]  # the last step only
+    assert profile.lag0 == Lag0.state_entering_step
+    torch.testing.assert_close(profile.phi, base.phi, rtol=1e-12, atol=0)
+    torch.testing.assert_close(profile.cum, base.cum, rtol=1e-12, atol=0)
+    after = copy_weights(word_lm(rnn_type, WordLMStateReadout), generic)
+    profile = grad_norm_profile(after, x, y, state, nn.CrossEntropyLoss())
+    assert after.decode_calls == [1] and profile.lag0 == Lag0.state_after_step
+    torch.testing.assert_close(profile.phi[1:], base.phi[:-1], rtol=1e-10, atol=0)
+    assert torch.all(profile.phi[0] > 0)
+
+
+class NoStateReadout(nn.Module):
+    """The output depends on the input only; the state is passed through."""
+
+    def __init__(self, detach: bool = False):
         super().__init__()
-        self.rnn = nn.RNN(3, 4)
+        self.lin, self.detach = nn.Linear(3, 2), detach
 
     def forward(self, x, state):
-        out, state = self.rnn(x, state)
-        return out, state
+        return self.lin(x), (state.detach() if self.detach else state * 1.0)
 
 
-def test_profile_rejects_readout_not_from_state():
+@pytest.mark.parametrize("detach, message", [(False, "depends on none"), (True, "detach")])
+def test_profile_rejects_loss_without_state(detach, message):
     x = torch.randn(4, 2, 3)
-    with pytest.raises(ValueError, match="state tensor it returns"):
-        grad_norm_profile(DetachedReadout(), x, x[..., :1], torch.zeros(1, 2, 4),
-                          lambda out, target: ((out[:, :1] - target) ** 2).sum(1))
+    with pytest.raises(ValueError, match=message):
+        grad_norm_profile(NoStateReadout(detach), x, x[..., :2], torch.zeros(1, 2, 4),
+                          lambda out, target: ((out - target) ** 2).sum(1))
 
 
 def test_float32_profile_matches_fused_kernels_and_restores_flags():
@@ -117,11 +200,40 @@ def test_profile_casts_float32_state_to_model_dtype():
     torch.testing.assert_close(cum, cum64, rtol=0, atol=0)
 
 
-def test_profile_rejects_mean_reduced_loss():
+def test_profile_rejects_loss_of_another_shape():
     model = small_model(Cell.gru)
     x = torch.randint(0, VOCAB, (W, S))
     with pytest.raises(ValueError, match="one loss per window"):
-        grad_norm_profile(model, x, x, random_state(model, S), F.cross_entropy)
+        grad_norm_profile(model, x, x, random_state(model, S),
+                          lambda out, target: F.cross_entropy(out, target, reduction="none")[:-1])
+
+
+@pytest.mark.parametrize("make, lag0", [(lambda: small_model(Cell.lstm), Lag0.state_after_step),
+                                        (lambda: word_lm("GRU"), Lag0.state_entering_step)])
+def test_per_window_mean_and_sum_losses_give_the_same_estimate(make, lag0):
+    """φ and G scale by 1/S under a mean, by 1 under a sum; β̂, δ̂ and K̂ do not change."""
+    model = make()
+    ests = {name: run_estimate(model, 5, loss_fn=fn, tau=7) for name, fn in [
+        ("none", ce_per_window), ("mean", nn.CrossEntropyLoss()),
+        ("sum", nn.CrossEntropyLoss(reduction="sum"))]}
+    base = ests["none"]
+    assert all(est.lag0 == lag0 for est in ests.values())
+    assert np.all(base.phi > 0) and len(set(base.K_hat.values())) > 1  # a non-trivial answer
+    np.testing.assert_allclose(ests["mean"].phi, base.phi / 6, rtol=1e-12)  # S = 6 windows
+    np.testing.assert_allclose(ests["sum"].phi, base.phi, rtol=1e-12)
+    for est in (ests["mean"], ests["sum"]):
+        assert est.beta_hat == pytest.approx(base.beta_hat, rel=1e-10)
+        for bound in GradNormBound:
+            np.testing.assert_allclose(est.by_bound[bound][0], base.by_bound[bound][0], rtol=1e-9)
+            assert est.by_bound[bound][1] == base.by_bound[bound][1]
+
+
+def test_estimate_needs_a_zero_state():
+    model = NoStateReadout()
+    with pytest.raises(ValueError, match="init_state"):
+        estimate(model, torch.randn(30, 2, 3), torch.randn(30, 2, 2), window=5, burn_in=1,
+                 num_windows=2, loss_fn=lambda o, t: ((o - t) ** 2).sum(1),
+                 generator=torch.Generator().manual_seed(0))
 
 
 class LinearRNN(nn.Module):

@@ -30,6 +30,7 @@ def test_bench_quick_prints_one_table():
     assert any(lab.startswith("loss alone, fwd+bwd") for lab in labels)
     assert sum(lab.startswith("peak memory, overlap step K=") for lab in labels) == 2
     assert any(lab.startswith("profile W=") for lab in labels)
+    assert any("RecurDecode fast path vs (e) generic forward" in lab for lab in labels)
     ratios = [float(c[:-1]) for r in rows for c in r[1:] if re.fullmatch(r"[\d.]+x", c)]
     assert len(ratios) >= 6 and all(r > 0 for r in ratios)
     for row in rows:

@@ -13,3 +13,15 @@ import sys as _sys
 
 if _sys.platform.startswith("linux"):
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+__all__ = ["AdaptiveTruncation"]
+
+
+def __getattr__(name):
+    """``atbptt.AdaptiveTruncation``, imported on first use so that ``import atbptt`` stays
+    light (the analysis scripts never load torch)."""
+    if name == "AdaptiveTruncation":
+        from .controller import AdaptiveTruncation
+
+        return AdaptiveTruncation
+    raise AttributeError(f"module 'atbptt' has no attribute {name!r}")

@@ -10,15 +10,29 @@ Lag convention for a window of W steps starting from a burn-in state ``s_0``::
 Lag k is the state ``s_{W-k}``. TBPTT(K) keeps lags 0..K-1, i.e. it cuts the graph at
 ``s_{W-K}`` (lag K); the bias of TBPTT(K) is the dropped sum over lags k >= K (Theorem 1).
 
-``loss_fn(out_last, target_last) -> [S]`` must return one loss per window
-(``reduction='none'``). The profile backpropagates their *sum*: windows are independent,
-so the gradient with respect to window s's state is window s's own gradient, and one
-backward pass gives every window's profile.
+That holds when the last output is computed from the state the last step returns (this
+project's ``RNNModel``; ``Lag0.state_after_step``). A module whose readout reads the
+recurrent layer's *output sequence* instead (pytorch/examples' word language model:
+``nn.LSTM``'s output tensor is not its ``h_n`` node) leaves ``s_W`` out of the loss's graph;
+the profile sees that (no gradient reaches ``s_W``) and takes lag k to be the state
+*entering* the k-th step before the last, ``s_{W-1-k}``: the authors' convention
+(``Lag0.state_entering_step``, NOTES §3). Lag 0 is then ``s_{W-1}``, and TBPTT(K), whose K
+steps with gradient include the last one, keeps lags 0..K-2: there δ̂(K) bounds the bias of
+TBPTT(K+1), one lag more than the paper's formulas (the authors' K̂ has the same offset).
+
+``loss_fn(out_last, target_last)`` returns one loss per window, ``[S]``
+(``reduction='none'``), or a scalar: their mean or sum (``reduction='mean'``/``'sum'``,
+e.g. ``nn.CrossEntropyLoss()``). The profile backpropagates the sum of the per-window
+losses, or the scalar as it is: windows are independent, so the gradient with respect to
+window s's state is window s's own gradient times the loss's weight of window s (1 for a
+sum, 1/S for a mean). A mean therefore scales φ and G by the constant 1/S; β̂ (a log-slope),
+δ̂(K) (a ratio of E(K) and ℓ, both linear in φ and G) and K̂(δ) do not change. A scalar loss
+must weigh every window alike (no normalisation that depends on the values).
 
 State tensors (``h``, or ``(h, c)`` for an LSTM) have the window dimension at dim 1,
-``[num_layers, S, H]``, as in ``atbptt.models``. A module other than ``RNNModel`` must
-compute ``out`` from the very state tensor its ``forward`` returns, or lag 0 is disconnected
-(``nn.LSTM``'s output tensor, for one, is not its ``h_n`` node).
+``[num_layers, S, H]``, as in ``atbptt.models``. Any module ``forward(x, state) -> (out,
+state)`` works; one that also follows the ``RecurDecode`` protocol gets the fast path (the
+W−1 earlier steps are not decoded; ``scripts/bench_profile.py`` measures the saving).
 """
 from __future__ import annotations
 
@@ -26,7 +40,8 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from enum import Enum
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,11 +54,55 @@ LOG_FLOOR = -50.0  # log φ̂ at or below this counts as numerically zero (NOTES
 QUANTILE = 0.95  # 'quantile' β̂: this quantile of the pairwise tail slopes
 
 
+class Lag0(str, Enum):
+    """Which state a profile calls lag 0 (module docstring; NOTES §3, lag convention)."""
+
+    state_after_step = "state_after_step"  # s_W, returned by the last step: the paper's formulas
+    state_entering_step = "state_entering_step"  # s_{W-1}: the authors' code; readout not via s_W
+
+
+@runtime_checkable
+class RecurDecode(Protocol):
+    """Optional protocol that gives any module the profile's fast path (no decoding of the
+    W−1 earlier steps of a window), next to its ``forward(x, state) -> (out, state)``:
+
+    - ``recur(x, state) -> (hidden, state)``: the recurrent part only, ``x`` ``[T, B, ...]``,
+      ``hidden`` ``[T, B, H]`` (what the readout reads), ``state`` as ``forward``'s;
+    - ``decode(hidden) -> out``: the readout, ``[T, B, H]`` -> ``[T, B, O]``;
+    - optionally ``state_output(state) -> [1, B, H]``: what ``decode`` reads after the last
+      step, computed from the returned state (for ``nn.LSTM``, the top layer of ``h_n``:
+      ``state[0][-1:]``). With it lag 0 is ``s_W`` (``Lag0.state_after_step``); without it
+      the last step is decoded from ``recur``'s ``hidden`` and lag 0 is ``s_{W-1}``.
+
+    ``decode(recur(x, s)[0])`` must equal ``forward(x, s)[0]``. This project's ``RNNModel``
+    follows it."""
+
+    def recur(self, x: Tensor, state: Any) -> Tuple[Tensor, Any]: ...
+
+    def decode(self, hidden: Tensor) -> Tensor: ...
+
+
+@dataclass
+class Profile:
+    """What ``grad_norm_profile`` returns; unpacks as ``phi, cum``.
+
+    ``phi`` ``[W, S]`` and ``cum`` ``[W]`` (float64, CPU); ``lag0``: which state is lag 0;
+    ``scalar_loss``: ``loss_fn`` returned a scalar (a mean scales ``phi`` and ``cum`` by 1/S)."""
+
+    phi: Tensor
+    cum: Tensor
+    lag0: Lag0
+    scalar_loss: bool
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.phi, self.cum))
+
+
 # ----------------------------------------------------------------------------- model stepping
 
 def _is_rnn_model(model: nn.Module) -> bool:
-    """This project's RNNModel: separate recurrent core and readout."""
-    return all(hasattr(model, name) for name in ("recur", "decode", "state_output"))
+    """A module with the fast path: separate recurrent core and readout (``RecurDecode``)."""
+    return isinstance(model, RecurDecode)
 
 
 def _tensors(state) -> Tuple[Tensor, ...]:
@@ -67,13 +126,28 @@ def _advance(model: nn.Module, x: Tensor, state):
 def _readout(model: nn.Module, x_last: Tensor, state):
     """Run the last step ``x_last`` ``[1, S, ...]`` and decode it: returns (out [S, O], state).
 
-    RNNModel decodes from ``state_output`` so that the loss is a function of the state node
-    (lag 0); any other module's ``forward`` output is assumed to be computed from its state."""
+    A ``RecurDecode`` module with ``state_output`` decodes from it, so that the loss is a
+    function of the returned state node (lag 0 = ``s_W``); otherwise the output is whatever
+    the module reads out, and ``grad_norm_profile`` finds out which state it depends on."""
+    S = x_last.shape[1]
     if _is_rnn_model(model):
-        state = model.recur(x_last, state)[1]
-        return model.decode(model.state_output(state))[0], state
+        hidden, state = model.recur(x_last, state)
+        if hasattr(model, "state_output"):
+            hidden = model.state_output(state)
+        return _last_step_output(model.decode(hidden), S), state
     out, state = model(x_last, state)
-    return out[-1], state
+    return _last_step_output(out, S), state
+
+
+def _last_step_output(out: Tensor, S: int) -> Tensor:
+    """``[S, ...]`` from the output of one step: ``[1, S, ...]`` (time-major) or ``[S, ...]``
+    (flattened ``[T*S, O]`` with T = 1, as pytorch/examples' model returns its log-softmax)."""
+    if out.dim() >= 2 and out.shape[0] == 1 and out.shape[1] == S:
+        return out[0]
+    if out.dim() >= 1 and out.shape[0] == S:
+        return out
+    raise ValueError(f"one step of forward returned out of shape {list(out.shape)}; expected "
+                     f"[1, {S}, ...] (time-major) or [{S}, ...] for {S} windows")
 
 
 def _start_state(model: nn.Module, state, requires_grad: bool):
@@ -121,24 +195,56 @@ def _profile_backend(model: nn.Module, fallback: Tensor):
 
 
 def _summed_loss(loss_fn: LossFn, out: Tensor, target: Tensor) -> Tensor:
+    return _window_loss(loss_fn, out, target)[0]
+
+
+def _window_loss(loss_fn: LossFn, out: Tensor, target: Tensor) -> Tuple[Tensor, bool]:
+    """The loss to backpropagate: the sum of per-window losses ``[S]``, or ``loss_fn``'s
+    scalar (a mean or sum over the windows) as it is; and whether it was a scalar."""
     losses = loss_fn(out, target)
+    if losses.dim() == 0:
+        return losses, True
     if losses.shape != (out.shape[0],):
         raise ValueError(f"loss_fn must return one loss per window, shape [{out.shape[0]}] "
-                         f"(reduction='none'); got shape {list(losses.shape)}")
-    return losses.sum()
+                         f"(reduction='none'), or a scalar (reduction='mean' or 'sum'); got "
+                         f"shape {list(losses.shape)}")
+    return losses.sum(), False
 
 
-def _per_window_gradients(grads, nodes, W: int) -> Tensor:
-    """Stack the state gradients of W steps as ``[W lags, S, D]``, lag 0 first: each step's
-    state tensors ``[L, S, H]`` (h, and c for an LSTM) become one vector per window."""
-    per_step = len(nodes) // W
-    if all(g is None for g in grads[-per_step:]):
-        raise ValueError("the last-step loss does not depend on the last state: forward(x, "
-                         "state) must compute out from the state tensor it returns")
+def _state_gradients(loss: Tensor, states: list) -> list:
+    """∂loss/∂(every tensor of every state), grouped per state (None where unused)."""
+    nodes = [s for st in states for s in _tensors(st)]
+    if not all(n.requires_grad for n in nodes):
+        raise ValueError("a state returned by forward does not require grad: forward must not "
+                         "detach the state it returns")
+    grads = iter(torch.autograd.grad(loss, nodes, allow_unused=True))
+    return [[next(grads) for _ in _tensors(st)] for st in states]
+
+
+def _lag0(grads: list) -> Lag0:
+    """``state_after_step`` if a non-zero gradient reaches the last state ``s_W`` (or only
+    zeros reach any state); ``state_entering_step`` if the loss reads out past ``s_W``."""
+    def defined(gs):
+        return any(g is not None for g in gs)
+
+    def live(gs):
+        return any(g is not None and bool(g.any()) for g in gs)
+
+    last, earlier = grads[-1], grads[:-1]
+    if live(last) or (defined(last) and not any(live(g) for g in earlier)):
+        return Lag0.state_after_step
+    if any(defined(g) for g in earlier):
+        return Lag0.state_entering_step
+    raise ValueError("the last-step loss depends on none of the window's states: forward(x, "
+                     "state) must compute out from the state it is given")
+
+
+def _per_window_gradients(grads: list, states: list) -> Tensor:
+    """Stack the gradients of W states (oldest first) as ``[W lags, S, D]``, lag 0 first:
+    each state's tensors ``[L, S, H]`` (h, and c for an LSTM) become one vector per window."""
     rows = []
-    for t in range(W):
-        step = slice(t * per_step, (t + 1) * per_step)
-        parts = [torch.zeros_like(n) if g is None else g for g, n in zip(grads[step], nodes[step])]
+    for gs, st in zip(grads, states):
+        parts = [torch.zeros_like(n) if g is None else g for g, n in zip(gs, _tensors(st))]
         rows.append(torch.cat([p.transpose(0, 1).reshape(p.shape[1], -1) for p in parts], 1))
     return torch.stack(rows[::-1]).detach().double()
 
@@ -146,31 +252,37 @@ def _per_window_gradients(grads, nodes, W: int) -> Tensor:
 # ----------------------------------------------------------------------------- profile
 
 def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
-                      loss_fn: LossFn) -> Tuple[Tensor, Tensor]:
+                      loss_fn: LossFn) -> Profile:
     """φ_k per window and G_k, from ONE backward pass (NOTES §3 steps 1–2).
 
-    ``inputs``/``targets``: ``[W, S, ...]``; ``state``: the burn-in state of the S windows.
-    Returns ``phi [W, S]`` with ``phi[k, s] = ‖∂L_s/∂state at lag k‖`` (all layers' h and c
-    concatenated) and ``cum [W]`` with ``cum[k] = ‖mean_s Σ_{j≤k} ∂L_s/∂state at lag j‖``,
-    both float64 on the CPU."""
+    ``inputs``/``targets``: ``[W, S, ...]`` (time-major, W ≥ 1 lags, S windows); ``state``:
+    the burn-in state of the S windows, tensors ``[L, S, H]``. ``loss_fn(out [S, O],
+    targets[-1]) -> [S]`` or a scalar (mean or sum over windows; module docstring).
+    Returns a ``Profile`` (unpacks as ``phi, cum``): ``phi [W, S]`` with
+    ``phi[k, s] = ‖∂L_s/∂state at lag k‖`` (all layers' h and c concatenated) and ``cum [W]``
+    with ``cum[k] = ‖mean_s Σ_{j≤k} ∂L_s/∂state at lag j‖``, both float64 on the CPU, in the
+    loss's units (a mean-reduced loss: 1/S of the per-window values); ``lag0`` says whether
+    lag 0 is the state after the last step or the one entering it. Raises ValueError if the
+    loss has another shape, depends on no state, or ``forward`` detaches its state."""
     W = inputs.shape[0]
     with _profile_backend(model, inputs), torch.enable_grad():
         # a leaf that requires grad keeps every later state in the graph even if no
         # parameter does
         state = _start_state(model, state, requires_grad=True)
-        states = []
+        states = [state]  # s_0: lag W-1 when lag 0 is s_{W-1}, else unused
         for t in range(W - 1):
             state = _advance(model, inputs[t:t + 1], state)
             states.append(state)
         out, state = _readout(model, inputs[W - 1:], state)
         states.append(state)
-        loss = _summed_loss(loss_fn, out, targets[-1])
-        nodes = [s for st in states for s in _tensors(st)]
-        grads = torch.autograd.grad(loss, nodes, allow_unused=True)
-    grad = _per_window_gradients(grads, nodes, W)  # (W lags, S, D), lag 0 first
+        loss, scalar = _window_loss(loss_fn, out, targets[-1])
+        grads = _state_gradients(loss, states)  # s_0 .. s_W
+    lag0 = _lag0(grads)
+    pick = slice(1, W + 1) if lag0 == Lag0.state_after_step else slice(0, W)
+    grad = _per_window_gradients(grads[pick], states[pick])  # (W lags, S, D), lag 0 first
     phi = grad.norm(dim=2)
     cum = grad.mean(dim=1).cumsum(dim=0).norm(dim=1)  # G_k
-    return phi.cpu(), cum.cpu()
+    return Profile(phi.cpu(), cum.cpu(), lag0, scalar)
 
 
 # ----------------------------------------------------------------------------- β̂ and the bound
@@ -358,7 +470,8 @@ class Estimate:
     ``rel_bias``, ``tail`` and ``beta_hat`` agree; with one profile it is exactly
     ``relative_bias``); ``K_hat``: per-profile K̂(δ) averaged and rounded, as the authors
     average K̂ over independent estimates. ``by_bound`` holds ``(rel_bias, K_hat)`` under
-    each stand-in, from the same profiles, so the two can be compared."""
+    each stand-in, from the same profiles, so the two can be compared. ``lag0``: the
+    profiles' lag convention (``Lag0``; the module docstring says what it means for K)."""
 
     phi: np.ndarray
     cum: np.ndarray
@@ -371,6 +484,7 @@ class Estimate:
     betas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-profile β̂
     grad_norm_bound: GradNormBound = GradNormBound.grad
     by_bound: Dict[GradNormBound, Tuple[np.ndarray, Dict[float, int]]] = field(default_factory=dict)
+    lag0: Lag0 = Lag0.state_after_step
 
     def delta_hat(self, K: int, grad_norm_bound: GradNormBound | str | None = None) -> float:
         """δ̂(K) under ``grad_norm_bound`` (default: the estimate's own stand-in); beyond the
@@ -388,12 +502,31 @@ class Estimate:
         return last * self.beta_hat ** (K - W)
 
 
+def initial_state(model: nn.Module, batch_size: int, device: torch.device,
+                  init_state: Optional[Callable[[int], Any]] = None):
+    """The zero state of ``batch_size`` windows on ``device``: ``init_state(batch_size)`` if
+    given, else the model's ``init_state(batch_size, device)`` (this project's models) or
+    ``init_hidden(batch_size)`` (pytorch/examples'). Raises ValueError if there is none."""
+    if init_state is not None:
+        state = init_state(batch_size)
+    elif hasattr(model, "init_state"):
+        state = model.init_state(batch_size, device)
+    elif hasattr(model, "init_hidden"):
+        state = model.init_hidden(batch_size)
+    else:
+        raise ValueError("the estimator needs the windows' zero state: pass init_state="
+                         "lambda S: ..., or give the model init_state(batch_size, device) or "
+                         "init_hidden(batch_size)")
+    return _like(state, lambda s: s.to(device))
+
+
 def _profile_once(model, inputs, targets, *, window, burn_in, num_windows, loss_fn,
-                  generator, device) -> Tuple[Tensor, Tensor]:
+                  generator, device, init_state=None) -> Profile:
     """Sample windows, burn in from a zero state without grad, profile the last W steps."""
     x, y = sample_windows(inputs, targets, burn_in + window, num_windows, generator)
     x, y = x.to(device), y.to(device)
-    state = _start_state(model, model.init_state(num_windows, device), requires_grad=False)
+    state = _start_state(model, initial_state(model, num_windows, device, init_state),
+                         requires_grad=False)
     with torch.no_grad():
         state = _advance(model, x[:burn_in], state)
     return grad_norm_profile(model, x[burn_in:], y[burn_in:], state, loss_fn)
@@ -405,9 +538,16 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
              tau: Optional[int] = None, deltas: Sequence[float] = (1.0, 0.9, 0.5, 0.1),
              k_min: int = 1, k_max: Optional[int] = None,
              device: torch.device | str | None = None,
-             grad_norm_bound: GradNormBound | str = GradNormBound.grad) -> Estimate:
+             grad_norm_bound: GradNormBound | str = GradNormBound.grad,
+             init_state: Optional[Callable[[int], Any]] = None) -> Estimate:
     """K̂(δ) and δ̂(K) from ``num_estimates`` fresh profiles (Algorithm 1; NOTES §3).
 
+    ``inputs``/``targets``: a training split ``[T, B, ...]`` (time-major streams, T ≥
+    ``burn_in + window``); each profile draws ``num_windows`` windows of ``burn_in + window``
+    steps from it, runs the burn-in from the zero state (``initial_state``) without gradient
+    and profiles the last ``window`` steps. ``loss_fn`` as in ``grad_norm_profile`` (one loss
+    per window, or their mean or sum: the same δ̂ and K̂). ``model``: any module
+    ``forward(x, state) -> (out, state)`` (``RecurDecode`` for the fast path).
     ``grad_norm_bound`` picks the stand-in behind ``rel_bias`` and ``K_hat`` (``grad`` or
     ``norm_sum``, see ``relative_bias``); both are computed, in ``by_bound``.
     Never changes the global RNG (training randomness is unaffected): windows come from
@@ -421,12 +561,14 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
     chosen = GradNormBound(grad_norm_bound)
     phis, cums, betas = [], [], []
     ks = {b: {d: [] for d in deltas} for b in GradNormBound}
+    lag0 = Lag0.state_after_step
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         for _ in range(num_estimates):
-            phi, cum = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
-                                     num_windows=num_windows, loss_fn=loss_fn,
-                                     generator=generator, device=device)
+            profile = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
+                                    num_windows=num_windows, loss_fn=loss_fn,
+                                    generator=generator, device=device, init_state=init_state)
+            phi, cum, lag0 = profile.phi, profile.cum, profile.lag0
             for bound in GradNormBound:
                 beta, rel = relative_bias(phi.numpy(), cum.numpy(), beta_method, tau,
                                           grad_norm_bound=bound)
@@ -444,7 +586,7 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
     return Estimate(phi=phi_mean, cum=cum_mean, beta_hat=beta_hat, rel_bias=rel_bias,
                     K_hat=K_hat, tail=geometric_tail(phi_mean, beta_hat, tau), tau=tau,
                     seconds=time.perf_counter() - start, betas=np.asarray(betas),
-                    grad_norm_bound=chosen, by_bound=by_bound)
+                    grad_norm_bound=chosen, by_bound=by_bound, lag0=lag0)
 
 
 # ----------------------------------------------------------------------------- bias audit

@@ -66,6 +66,13 @@ class BetaMethod(Enum):
     quantile = "quantile"
 
 
+class Logger(Enum):
+    """Where evaluation rows go besides ``metrics.csv``, which is always written."""
+
+    csv = "csv"  # metrics.csv and profiles/ only
+    tensorboard = "tensorboard"  # also <run dir>/tb/ (needs the tensorboard package)
+
+
 class Device(Enum):
     auto = "auto"
     cpu = "cpu"
@@ -202,6 +209,7 @@ class Config:
     device: Device = Device.auto
     threads: int = 1  # torch CPU threads per run (sweeps share the cores)
     progress: bool = True
+    logger: Logger = Logger.csv  # tensorboard: also write <run dir>/tb/ (metrics.csv stays)
 
     def __post_init__(self) -> None:
         _check(self.K >= 1, "K", "an integer >= 1", self.K)

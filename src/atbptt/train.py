@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from . import adaptive
-from .config import Config, ConfigError, Device, MethodName
+from . import adaptive, tensorboard_log
+from .config import Config, ConfigError, Device, Logger, MethodName
 from .data import TaskData, load_task
 from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
 from .models import ModelSpec, RNNModel, num_params
@@ -98,6 +98,9 @@ class Trainer:
         self.loss_fn = sequence_loss(self.data.classification)
         self.window_loss = last_step_loss(self.data.classification)
         self.metrics = MetricsWriter(self.run_dir / "metrics.csv")
+        self.tensorboard: Optional[tensorboard_log.TensorBoardLog] = None
+        if cfg.logger == Logger.tensorboard:
+            tensorboard_log.require()
 
     # ------------------------------------------------------------------ K and the step size
     def lr(self, K: int) -> float:
@@ -281,9 +284,21 @@ class Trainer:
         p.wall_time = wall_time
         row.update(train_time=p.train_time, wall_time=wall_time, estimation_time=p.estimation_time)
         self.metrics.append(row)
+        self.sync_tensorboard()
         self.last_row = row
         p.evals += 1
         self.save()
+
+    def sync_tensorboard(self) -> None:
+        """``logger=tensorboard``: copy the new metrics.csv row (and its profile) to tb/; the
+        first call of a process rebuilds tb/ from the CSVs, so a resumed run's is complete."""
+        if self.cfg.logger != Logger.tensorboard:
+            return
+        if self.tensorboard is None:
+            self.tensorboard = tensorboard_log.TensorBoardLog(self.run_dir)
+        self.tensorboard.sync()
+        if self.progress.done:
+            self.tensorboard.close()
 
     def _print_running(self, train_loss: float, train_time: float) -> None:
         p = self.progress
@@ -349,7 +364,7 @@ def _config_dict(cfg: Config) -> dict:
 
 def _same_run(a: dict, b: dict) -> bool:
     """Configs that describe the same run (presentation keys may differ on a resume)."""
-    ignore = {"progress", "threads", "device"}
+    ignore = {"progress", "threads", "device", "logger"}
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 

@@ -162,6 +162,7 @@ def _compose_all(plain: List[str], choices: Dict[str, List[str]],
                             return_hydra_config=True)
                 config = to_config(compose(config_name="config", overrides=overrides))
                 _check_device(config)
+                _check_logger(config)
             except ConfigError as err:
                 return str(err)
             except Exception as err:  # noqa: BLE001 - composition errors name the override
@@ -177,3 +178,10 @@ def _check_device(config: Config) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA GPU is available; allowed here: auto, cpu")
 
+
+def _check_logger(config: Config) -> None:
+    """logger=tensorboard without the tensorboard package: one line, before anything runs."""
+    if config.logger.value == "tensorboard":
+        from .tensorboard_log import require
+
+        require()
