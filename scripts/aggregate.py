@@ -10,7 +10,7 @@ timestamp of an experiment is included). For each experiment this writes into
 ``<out>/<experiment>/``:
 
 - ``runs.csv``       one row per run and evaluation (metrics.csv joined with run identifiers);
-- ``summary.csv``    one row per method setting (fixed K, or adaptive delta);
+- ``summary.csv``    one row per method setting (fixed K, adaptive delta, or ARTBP schedule);
 - ``profiles.csv``   the last gradient-norm profile of every run;
 - ``standins.csv``   (audited runs) how often each stand-in's δ̂ bounds the true relative bias;
 - ``provenance.json`` code versions, hardware, budgets, statuses, compute spent.
@@ -40,7 +40,7 @@ ID_COLUMNS = ["experiment", "dataset", "task", "method", "K", "delta", "seed", "
 METRIC_COLUMNS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
                   "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K_in_use",
                   "lr", "beta_hat", "delta_hat", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5",
-                  "K_hat_0.1", "true_rel_bias",
+                  "K_hat_0.1", "true_rel_bias", "trunc_mean", "trunc_max", "grad_rel_var",
                   # both stand-ins for ‖E ĝ_K‖ (NOTES §3 step 2), logged from the same profiles
                   *(f"delta_hat_{b}" for b in ("grad", "norm_sum")),
                   *(f"K_hat_{d}_{b}" for b in ("grad", "norm_sum") for d in ("1.0", "0.9", "0.5", "0.1"))]
@@ -48,7 +48,7 @@ STANDINS = ("grad", "norm_sum")
 PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
 BEST_COLUMNS = ["has_best", "final_K", "beta_hat", "final_epoch", "final_train_time",
                 "best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best",
-                "epoch_at_best", "train_time_at_best"]
+                "epoch_at_best", "train_time_at_best", "segment_length", "grad_rel_var"]
 STATUSES = ["finished", "diverged", "failed", "running"]
 
 
@@ -94,6 +94,10 @@ def read_meta(run_dir: Path) -> dict:
     meta["seed"] = int(_first(meta.get("seed"), cfg.get("seed"), 0))
     meta["epochs_budget"] = _first(meta.get("epochs_budget"), cfg.get("epochs"))
     meta["max_time"] = _first(meta.get("max_time"), cfg.get("max_time"))
+    if meta["method"] == "artbp" and not meta.get("artbp"):  # parameters from config.yaml
+        meta["artbp"] = {"schedule": method_cfg.get("artbp_schedule", "constant"),
+                         "alpha": method_cfg.get("artbp_alpha"),
+                         "stride": method_cfg.get("artbp_stride", 1)}
     if meta.get("true_rho") is None and meta["dataset"] in ("linear", "var"):
         meta["true_rho"] = dataset_cfg.get("rho")
     if not meta.get("scale"):  # describe the scale from what the run recorded
@@ -160,8 +164,20 @@ def infer_task(meta: dict, metrics: pd.DataFrame) -> str:
     return "regression" if has_loss and not has_ppl else "classification"
 
 
-def setting_label(method: str, K: int, delta: float) -> str:
-    return f"K={K}" if method == "fixed" else f"δ={delta:g}"
+def setting_label(method: str, K: int, delta: float, artbp: dict | None = None) -> str:
+    """'K=10', 'δ=0.1', or for ARTBP (K its mean truncation length) 'ARTBP c=1/10' (constant
+    cut probability per draw point) or 'ARTBP α=4, mean 10' (the length-dependent schedule)."""
+    if method == "fixed":
+        return f"K={K}"
+    if method != "artbp":
+        return f"δ={delta:g}"
+    params = artbp or {}
+    stride = int(params.get("stride") or 1)
+    if params.get("schedule") == "poly":
+        label = f"ARTBP α={float(params.get('alpha') or 4.0):g}, mean {K}"
+    else:
+        label = f"ARTBP c=1/{K / stride:g}"
+    return label + (f", every {stride} steps" if stride > 1 else "")
 
 
 def _rho(meta: dict):
@@ -171,10 +187,13 @@ def _rho(meta: dict):
 
 
 def setting_key(meta: dict) -> tuple:
-    """Runs of one method setting: fixed runs differ by K only (delta is unused there);
-    runs on data of a different true decay rho are different settings."""
-    delta = None if meta["method"] == "fixed" else meta["delta"]
-    return (meta["experiment"], meta["method"], meta["K"], delta, _rho(meta))
+    """Runs of one method setting: fixed and ARTBP runs differ by K (delta is unused there),
+    ARTBP runs also by schedule; runs on data of a different true decay rho are different."""
+    delta = meta["delta"] if meta["method"] == "adaptive" else None
+    artbp = meta.get("artbp") if meta["method"] == "artbp" else None
+    variant = None if artbp is None else (artbp.get("schedule"), artbp.get("alpha"),
+                                          artbp.get("stride"))
+    return (meta["experiment"], meta["method"], meta["K"], delta, _rho(meta), variant)
 
 
 def _preference(meta: dict) -> tuple:
@@ -186,7 +205,7 @@ def _preference(meta: dict) -> tuple:
 def deduplicate(metas: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     """Keep one run per (experiment, method, K, delta, seed): finished, then most recent.
 
-    A fixed-K run ignores delta, so fixed runs that differ only in delta are duplicates too.
+    Fixed-K and ARTBP runs ignore delta, so runs that differ only in delta are duplicates too.
     """
     groups: dict[tuple, list[dict]] = {}
     for meta in metas:
@@ -207,14 +226,14 @@ def label_settings(metas: list[dict]) -> None:
     """'K=10' / 'δ=0.1'; adaptive labels get the starting K only when it is ambiguous."""
     starts: dict[tuple, set] = {}
     for meta in metas:
-        if meta["method"] != "fixed":
+        if meta["method"] == "adaptive":
             starts.setdefault((meta["experiment"], meta["delta"]), set()).add(meta["K"])
     rhos: dict[str, set] = {}
     for meta in metas:
         rhos.setdefault(meta["experiment"], set()).add(_rho(meta))
     for meta in metas:
-        label = setting_label(meta["method"], meta["K"], meta["delta"])
-        if meta["method"] != "fixed" and len(starts[(meta["experiment"], meta["delta"])]) > 1:
+        label = setting_label(meta["method"], meta["K"], meta["delta"], meta.get("artbp"))
+        if meta["method"] == "adaptive" and len(starts[(meta["experiment"], meta["delta"])]) > 1:
             label += f" (K0={meta['K']})"
         if len(rhos[meta["experiment"]]) > 1:
             label += f", ρ={_rho(meta):g}"
@@ -225,7 +244,7 @@ def label_settings(metas: list[dict]) -> None:
 def integer_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Counters stay integers in the CSV even beside the empty row of a failed run."""
     for column in ["eval", "step", "tokens", "K_in_use", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5",
-                   "K_hat_0.1"]:
+                   "K_hat_0.1", "trunc_max"]:
         values = frame[column].dropna()
         if np.isfinite(values).all() and (values == values.round()).all():
             frame[column] = frame[column].round().astype("Int64")
@@ -279,7 +298,9 @@ def best_of_run(run: pd.DataFrame, task: str) -> dict:
     metric = "ppl" if task == "classification" else "loss"
     valid = _finite(run[f"valid_{metric}"])
     out = {"final_K": _last(run["K_in_use"]), "beta_hat": _finite(run["beta_hat"]).mean(),
-           "final_epoch": _last(run["epoch"]), "final_train_time": _last(run["train_time"])}
+           "final_epoch": _last(run["epoch"]), "final_train_time": _last(run["train_time"]),
+           "segment_length": _finite(run["trunc_mean"]).mean(),  # ARTBP only
+           "grad_rel_var": _finite(run["grad_rel_var"]).mean()}
     if valid.empty:
         return out
     row = run.loc[valid.idxmin()]
@@ -306,7 +327,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     per_run = pd.DataFrame(per_run).reindex(columns=ID_COLUMNS + BEST_COLUMNS)
     floors = runs.groupby("run_dir", sort=False)[["valid_ppl_floor", "test_ppl_floor"]].first()
     per_run = per_run.join(floors, on="run_dir")
-    per_run["delta_key"] = per_run["delta"].where(per_run["method"] != "fixed", np.nan)
+    per_run["delta_key"] = per_run["delta"].where(per_run["method"] == "adaptive", np.nan)
     per_run["rho_key"] = per_run["true_rho"].astype(float).round(6)
     rows = []
     keys = ["experiment", "method", "K", "delta_key", "rho_key", "setting"]
@@ -329,6 +350,8 @@ def _summary_row(key: dict, group: pd.DataFrame) -> dict:
         row[f"{column}_mean"] = used[column].mean()
     row["final_K_mean"] = group["final_K"].mean()
     row["beta_hat_mean"] = group["beta_hat"].mean()
+    row["segment_length_mean"] = group["segment_length"].mean()  # ARTBP: realised mean length
+    row["grad_rel_var_mean"] = group["grad_rel_var"].mean()  # ARTBP: over evaluations and seeds
     row["final_epoch_mean"] = group["final_epoch"].mean()
     row["true_rho"] = group["true_rho"].iloc[0]
     row["scale"] = group["scale"].iloc[0]
@@ -338,12 +361,14 @@ def _summary_row(key: dict, group: pd.DataFrame) -> dict:
 
 
 def sort_settings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fixed K ascending, then adaptive delta descending (the paper's table order)."""
-    order = frame.assign(_fixed=frame["method"] != "fixed",
+    """Fixed K ascending, then adaptive delta descending (the paper's table order), then ARTBP
+    by mean length."""
+    rank = {"fixed": 0, "adaptive": 1, "artbp": 2}
+    order = frame.assign(_method=frame["method"].map(rank).fillna(3),
                          _delta=-frame["delta"].fillna(0), _K=frame["K"],
                          _rho=frame["true_rho"].astype(float).fillna(0))
-    order = order.sort_values(["experiment", "_rho", "_fixed", "_delta", "_K"])
-    return order.drop(columns=["_fixed", "_delta", "_K", "_rho"]).reset_index(drop=True)
+    order = order.sort_values(["experiment", "_rho", "_method", "_delta", "_K", "setting"])
+    return order.drop(columns=["_method", "_delta", "_K", "_rho"]).reset_index(drop=True)
 
 
 def profile_rows(meta: dict) -> pd.DataFrame | None:

@@ -8,6 +8,8 @@ rounds and reports medians, so the ratio is meaningful even when absolute times 
   3. gradient-norm profile vs the authors' chained backward and vs one TBPTT(W) step
      (scripts/bench_profile.py)
   4. peak memory of one overlap training step for K in {10, 50, 100, 200, 300}
+  5. ARTBP (random truncation, mean length 35, compensation between single steps) vs fixed
+     TBPTT with K = 35 in 'chunk' and in 'overlap' style, tokens/s over the same tokens
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Callable, Dict, List
 import atbptt  # noqa: F401  (before torch: huge-page CPU allocation, see atbptt/__init__.py)
 import torch
 
+from atbptt import artbp
 from atbptt.config import Cell, Style
 from atbptt.data import Split
 from atbptt.models import ModelSpec, RNNModel, detach_state
@@ -58,6 +61,38 @@ def train_steps(model, split, K, style, device, chunks, decode_burn_in=False,
         opt.step()
     _sync(device)
     return time.perf_counter() - start
+
+
+def artbp_steps(model, split, schedule, device, seed: int = 0) -> float:
+    """Seconds for ARTBP over the whole split (segments drawn from a generator seeded with
+    ``seed``, so every round trains on the same segments), with the same update as above."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn, walker = sequence_loss(True), Walker.start(model, split.num_streams, device)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    while walker.pos < split.length:
+        opt.zero_grad(set_to_none=True)
+        loss, _ = artbp.next_segment(model, split, walker, schedule, loss_fn, device, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0 / schedule.mean_length)
+        opt.step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_artbp(args, device) -> List[tuple]:
+    """ARTBP at mean length K against fixed TBPTT(K) on the same tokens (K * chunks steps)."""
+    K, chunks = 35, args.chunks
+    model, split = make_setup(args.hidden, args.vocab, args.batch, K * chunks, device)
+    tokens, schedule = K * chunks * args.batch, artbp.Schedule(float(K))
+    rows = []
+    for style in (Style.chunk, Style.overlap):
+        t_ours, t_base, ratio = paired(
+            lambda: artbp_steps(model, split, schedule, device),
+            lambda: train_steps(model, split, K, style, device, chunks), args.rounds)
+        rows.append((f"ARTBP mean K={K} (c=1/{K}) vs fixed {style.value} K={K}, tokens/s",
+                     tokens / t_ours, tokens / t_base, ratio, ""))
+    return rows
 
 
 def examples_loop(model, split, K, device, chunks) -> float:
@@ -227,7 +262,8 @@ def main() -> None:
     args.hidden, args.vocab, args.batch = (32, 500, 8) if args.quick else (200, 10000, 32)
     args.chunks, args.rounds = (3, 1) if args.quick else (6, 9)
     args.memory_K = [10, 50] if args.quick else [10, 50, 100, 200, 300]
-    rows = bench_overlap(args, args.device) + bench_loss(args, args.device) + peak_memory(args, args.device)
+    rows = (bench_overlap(args, args.device) + bench_loss(args, args.device)
+            + bench_artbp(args, args.device) + peak_memory(args, args.device))
     if not args.skip_profile:
         rows += profile_rows(args)
     print_table(rows, args.device)

@@ -8,7 +8,9 @@ Reads only ``results/<experiment>/{runs,summary,profiles}.csv`` and ``provenance
 (written by scripts/aggregate.py) and writes into ``results/<experiment>/figures/``:
 
 - ``convergence.png``  NOTES §7 Fig. 1/2: test PPL at best valid so far, K in use, δ̂(K) (log)
-                       against epoch; fixed K dashed in colours, adaptive solid in dark shades;
+                       against epoch; fixed K dashed in colours, adaptive solid in dark shades,
+                       ARTBP dotted (K: its mean truncation length; a fourth panel shows its
+                       gradient relative variance, its δ̂ being that of a fixed K);
 - ``validation.png``   Fig. C.1/C.2: valid PPL and its running minimum against epoch;
 - ``runtime.png``      the three convergence panels against training seconds;
 - ``decay.png``        φ̂_k against lag (log) with the fitted geometric tail, one run per setting;
@@ -39,6 +41,7 @@ DPI = 110
 FIXED_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:cyan",
                  "tab:olive", "tab:pink"]
 ADAPTIVE_COLOURS = ["black", "#5a5a5a", "#8b4513", "#2f2f6f", "#1f4f2f", "#9a9a9a"]
+ARTBP_COLOURS = ["tab:brown", "tab:pink", "darkgoldenrod", "teal", "tab:gray", "indigo"]
 UNITS = {"ppl": "PPL", "loss": "loss"}
 PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
 # experiment name prefix (or dataset name) -> the paper's dataset column (NOTES §6)
@@ -66,19 +69,27 @@ def scale_label(exp: dict) -> str:
     return "; ".join(map(str, scales)) or "scale unknown"
 
 
+FAMILY_STYLES = {  # method -> (colours, line style, width): the three families of truncation
+    "fixed": (FIXED_COLOURS, "--", 1.4), "adaptive": (ADAPTIVE_COLOURS, "-", 1.8),
+    "artbp": (ARTBP_COLOURS, ":", 2.2)}
+
+
 def setting_styles(summary: pd.DataFrame) -> dict:
-    """setting -> line style: fixed K dashed in colours, adaptive solid in dark shades."""
-    styles, n_fixed, n_adaptive = {}, 0, 0
+    """setting -> line style: fixed K dashed in colours, adaptive solid in dark shades, ARTBP
+    dotted in its own colours."""
+    styles, counts = {}, {}
     for _, row in summary.iterrows():
-        if row["method"] == "fixed":
-            colour = FIXED_COLOURS[n_fixed % len(FIXED_COLOURS)]
-            styles[row["setting"]] = {"color": colour, "linestyle": "--", "linewidth": 1.4}
-            n_fixed += 1
-        else:
-            colour = ADAPTIVE_COLOURS[n_adaptive % len(ADAPTIVE_COLOURS)]
-            styles[row["setting"]] = {"color": colour, "linestyle": "-", "linewidth": 1.8}
-            n_adaptive += 1
+        family = row["method"] if row["method"] in FAMILY_STYLES else "adaptive"
+        colours, linestyle, width = FAMILY_STYLES[family]
+        n = counts.get(family, 0)
+        styles[row["setting"]] = {"color": colours[n % len(colours)], "linestyle": linestyle,
+                                  "linewidth": width}
+        counts[family] = n + 1
     return styles
+
+
+def artbp_settings(summary: pd.DataFrame) -> set:
+    return set(summary.loc[summary["method"] == "artbp", "setting"])
 
 
 # ----------------------------------------------------------------------------- derived curves
@@ -161,7 +172,7 @@ def metric_label(exp: dict, template: str) -> str:
 
 def delta_targets(ax, summary: pd.DataFrame, styles: dict) -> None:
     """Thin dotted lines at the δ each adaptive setting aims for."""
-    for _, row in summary[summary["method"] != "fixed"].iterrows():
+    for _, row in summary[summary["method"] == "adaptive"].iterrows():
         ax.axhline(row["delta"], color=styles[row["setting"]]["color"], linestyle=":",
                    linewidth=0.9, alpha=0.8)
 
@@ -231,17 +242,24 @@ def standin_figure(exp: dict, path: Path) -> bool:
 
 def three_panels(exp: dict, runs: pd.DataFrame, styles: dict, x: str, xlabel: str,
                  title: str, path: Path) -> None:
-    """NOTES §7: test metric at best valid so far, K in use, δ̂(K) of that K (log)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8))
+    """NOTES §7: test metric at best valid so far, K in use, δ̂(K) of that K (log); with ARTBP
+    runs, their gradient relative variance (log) in a fourth panel instead of δ̂ (unbiased)."""
+    artbp = artbp_settings(exp["summary"])
+    biased = {s: style for s, style in styles.items() if s not in artbp}
+    has_var = bool(artbp) and runs.loc[runs["setting"].isin(artbp), "grad_rel_var"].notna().any()
+    fig, axes = plt.subplots(1, 4 if has_var else 3, figsize=(18 if has_var else 13.5, 3.8))
     plot_panel(axes[0], runs, styles, x, "test_at_best")
     robust_ylim(axes[0], runs, "test_at_best")
     floor_line(axes[0], exp)
     axes[0].set_ylabel(metric_label(exp, "test {} at best valid"))
     plot_panel(axes[1], runs, styles, x, "K_in_use")
-    axes[1].set_ylabel("truncation K in use")
-    plot_panel(axes[2], runs, styles, x, "delta_hat", log=True)
+    axes[1].set_ylabel("truncation K in use (ARTBP: mean)")
+    plot_panel(axes[2], runs, biased, x, "delta_hat", log=True)
     delta_targets(axes[2], exp["summary"], styles)
     axes[2].set_ylabel("estimated relative bias δ̂(K)")
+    if has_var:
+        plot_panel(axes[3], runs, {s: styles[s] for s in artbp}, x, "grad_rel_var", log=True)
+        axes[3].set_ylabel("ARTBP gradient relative variance")
     for ax in axes:
         ax.set_xlabel(xlabel)
     finish(fig, axes, exp, title, path)
@@ -327,10 +345,14 @@ def paper_dataset(exp: dict) -> str | None:
 
 
 def setting_order(label: str) -> tuple:
-    """Fixed K ascending, then adaptive δ descending: 'K=5' < 'K=10' < 'δ=0.9' < 'δ=0.1'."""
+    """Fixed K ascending, then adaptive δ descending, then ARTBP by mean length:
+    'K=5' < 'K=10' < 'δ=0.9' < 'δ=0.1' < 'ARTBP c=1/10' < 'ARTBP c=1/20'."""
+    artbp = re.match(r"ARTBP (?:c=1/|α=[0-9.]+, mean )([0-9.]+)", label)
+    if artbp:
+        return (2, float(artbp.group(1)), label)
     match = re.match(r"(K|δ)=([0-9.eE+-]+)", label)
     if not match:
-        return (2, 0.0, label)
+        return (3, 0.0, label)
     value = float(match.group(2))
     return (0, value, label) if match.group(1) == "K" else (1, -value, label)
 

@@ -24,13 +24,15 @@ METRICS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", "estima
            "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K", "lr",
            "beta_hat", "delta_hat", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5", "K_hat_0.1",
            "true_rel_bias"]
+ARTBP_METRICS = [*METRICS, "trunc_mean", "trunc_max", "grad_rel_var"]
 NAN = float("nan")
 
 
 # ----------------------------------------------------------------------------- fake runs
 def write_run(run_dir: Path, meta: dict, rows: list[dict] | None, config: dict | None = None,
-              task: str = "classification") -> None:
-    """One run directory; rows give valid/test (ppl or loss), K, beta_hat, delta_hat."""
+              task: str = "classification", columns: list[str] = METRICS) -> None:
+    """One run directory; rows give valid/test (ppl or loss), K, beta_hat, delta_hat, and
+    any other column in ``extra``."""
     run_dir.mkdir(parents=True)
     base = {"status": "finished", "message": "", "task": task, "vocab_size": 6,
             "tokens": {"train": 256000, "valid": 64000, "test": 64000}, "num_params": 1234,
@@ -58,8 +60,8 @@ def write_run(run_dir: Path, meta: dict, rows: list[dict] | None, config: dict |
             "K": row["K"], "lr": 1.0, "beta_hat": row.get("beta", 0.8),
             "delta_hat": row.get("delta_hat", 0.3), "K_hat_1.0": 5, "K_hat_0.9": 6,
             "K_hat_0.5": 9, "K_hat_0.1": 20, "true_rel_bias": "", **row.get("extra", {})})
-    extra = [c for c in table[0] if c not in METRICS] if table else []
-    pd.DataFrame(table, columns=METRICS + extra).to_csv(run_dir / "metrics.csv", index=False)
+    extra = [c for c in table[0] if c not in columns] if table else []
+    pd.DataFrame(table, columns=columns + extra).to_csv(run_dir / "metrics.csv", index=False)
     (run_dir / "profiles").mkdir()
     for i in (0, len(rows) - 1):  # profiles at the first and the last evaluation
         beta = rows[i].get("beta", 0.8)
@@ -120,11 +122,45 @@ def make_sweeps(tmp: Path) -> None:
               task="regression")
 
 
+def artbp_rows(valid, variance, lengths, K=10):
+    """ARTBP evaluations: K (the mean length), realised mean and max lengths, variance."""
+    return [{"valid": v, "test": v, "K": K, "extra": {
+        "trunc_mean": "" if i == 0 else mean, "trunc_max": "" if i == 0 else top,
+        "grad_rel_var": var}} for i, (v, var, (mean, top)) in enumerate(zip(valid, variance, lengths))]
+
+
+def make_mixed_sweep(tmp: Path) -> None:
+    """The three families on one experiment: fixed K=10, adaptive δ=0.5, ARTBP c=1/10 (2 seeds),
+    ARTBP with the poly schedule (parameters from config.yaml only) and ARTBP c=1/20."""
+    sweep = tmp / "sweeps" / "mixed" / "2024-01-01_00-00-00"
+    ident = {"experiment": "mixed", "dataset": "copy", "delta": 0.5}
+    constant = {"schedule": "constant", "mean_length": 10.0, "c": 0.1, "alpha": None, "stride": 1,
+                "max_length": None, "clip_lr_K": 10.0, "draws": 16}
+    write_run(sweep / "K10", {**ident, "method": "fixed", "K": 10, "seed": 0},
+              rows_of([6.0, 2.0, 1.5], [6.0, 2.0, 1.4], [10] * 3), columns=ARTBP_METRICS)
+    write_run(sweep / "delta0.5", {**ident, "method": "adaptive", "K": 15, "seed": 0},
+              rows_of([6.0, 1.9, 1.6], [6.0, 1.9, 1.5], [15, 12, 11]), columns=ARTBP_METRICS)
+    for seed, variance in ((0, [0.1, 0.3, 0.5]), (1, [0.1, 0.5, 0.9])):
+        write_run(sweep / f"artbp10,seed={seed}",
+                  {**ident, "method": "artbp", "K": 10, "seed": seed, "artbp": constant},
+                  artbp_rows([6.0, 1.8, 1.3 + 0.1 * seed], variance, [(0, 0), (9.5, 41), (10.5, 57)]),
+                  columns=ARTBP_METRICS)
+    write_run(sweep / "artbp10poly", {**ident, "method": "artbp", "K": 10, "seed": 0},
+              artbp_rows([6.0, 2.2, 1.7], [0.2, 0.2, 0.2], [(0, 0), (10.0, 300), (9.0, 120)]),
+              config={"method": {"name": "artbp", "artbp_schedule": "poly", "artbp_alpha": 4.0,
+                                 "artbp_stride": 1}}, columns=ARTBP_METRICS)
+    write_run(sweep / "artbp20", {**ident, "method": "artbp", "K": 20, "seed": 0,
+                                  "artbp": {**constant, "mean_length": 20.0, "c": 0.05}},
+              artbp_rows([6.0, 2.5, 2.0], [1.0, 2.0, 3.0], [(0, 0), (19.0, 90), (21.0, 99)], K=20),
+              columns=ARTBP_METRICS)
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     """Fake sweeps, then both scripts run on them (with torch and atbptt made unimportable)."""
     tmp = tmp_path_factory.mktemp("analysis")
     make_sweeps(tmp)
+    make_mixed_sweep(tmp)
     poison = tmp / "poison"  # importing either name fails the scripts
     (poison / "atbptt").mkdir(parents=True)
     (poison / "torch.py").write_text("raise ImportError('analysis must not import torch')\n")
@@ -251,6 +287,60 @@ def test_table_has_ours_and_the_papers(outputs):
     assert "| K=5 |" in table  # a paper setting we did not run still appears
     linear = (results / "linear" / "table.md").read_text()
     assert "loss" in linear and "no published counterpart" in linear
+
+
+# ----------------------------------------------------------------------------- ARTBP
+MIXED_ORDER = ["K=10", "δ=0.5", "ARTBP c=1/10", "ARTBP α=4, mean 10", "ARTBP c=1/20"]
+
+
+def test_artbp_settings_are_labelled_ordered_and_summarised(outputs):
+    results, _ = outputs
+    summary = read(results, "mixed", "summary.csv").set_index("setting")
+    assert list(summary.index) == MIXED_ORDER  # fixed, adaptive, then ARTBP by mean length
+    artbp = summary.loc["ARTBP c=1/10"]
+    assert artbp["method"] == "artbp" and artbp["n_seeds"] == 2 and np.isnan(artbp["delta"])
+    assert artbp["test_ppl_at_best_mean"] == pytest.approx(1.35)  # 1.3 and 1.4
+    assert artbp["segment_length_mean"] == pytest.approx(10.0)  # (9.5 + 10.5) / 2, both seeds
+    # per run: mean of its evaluations (0.3, 0.5); then over seeds
+    assert artbp["grad_rel_var_mean"] == pytest.approx(0.4)
+    assert summary.loc["ARTBP α=4, mean 10", "grad_rel_var_mean"] == pytest.approx(0.2)
+    assert np.isnan(summary.loc["K=10", "grad_rel_var_mean"])
+    assert summary.loc["ARTBP c=1/20", "final_K_mean"] == 20
+    runs = read(results, "mixed", "runs.csv")
+    top = runs[(runs["setting"] == "ARTBP c=1/20") & (runs["eval"] == 2)]
+    assert top["trunc_max"].tolist() == [99]
+    assert "99.0" not in (results / "mixed" / "runs.csv").read_text()  # written as an integer
+    assert runs.loc[runs["method"] != "artbp", "grad_rel_var"].isna().all()
+
+
+def load_figures_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("figures", SCRIPTS[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figures_draw_three_families_and_the_variance_panel(outputs):
+    results, _ = outputs
+    figures = load_figures_module()
+    summary = read(results, "mixed", "summary.csv")
+    styles = figures.setting_styles(summary)
+    assert [styles[s]["linestyle"] for s in MIXED_ORDER] == ["--", "-", ":", ":", ":"]
+    assert len({styles[s]["color"] for s in MIXED_ORDER[2:]}) == 3
+    assert sorted(MIXED_ORDER, key=figures.setting_order) == MIXED_ORDER
+    for name in ("convergence", "runtime"):  # four panels: wider than the three of 'copy'
+        mixed = plt_width(results / "mixed" / "figures" / f"{name}.png")
+        assert mixed > 1.2 * plt_width(results / "copy" / "figures" / f"{name}.png")
+    table = (results / "mixed" / "table.md").read_text()
+    lines = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| ")]
+    assert [line for line in lines if line in MIXED_ORDER] == MIXED_ORDER
+    assert lines[-3:] == MIXED_ORDER[2:]  # ARTBP after the paper's settings
+
+
+def plt_width(path: Path) -> int:
+    import matplotlib.image
+    return matplotlib.image.imread(path).shape[1]
 
 
 # ----------------------------------------------------------------------------- independence

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from atbptt.metrics import COLUMNS, TIME_COLUMNS
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 
 REQUIRED = ["epoch", "step", "tokens", "train_time", "wall_time", "train_loss", "valid_loss",
             "test_loss", "valid_ppl", "test_ppl", "K", "beta_hat", "delta_hat", "K_hat_1.0",
@@ -45,6 +45,8 @@ def test_run_writes_config_metrics_and_run_json(tmp_path, tiny):
         assert info[key]
     assert (out / "profiles" / "eval_00002.csv").exists()
     assert not (out / "checkpoint.pt").exists()
+    assert all(r[c] == "" for r in table for c in ("trunc_mean", "trunc_max", "grad_rel_var"))
+    assert info["artbp"] is None
     # nothing written outside the run directory
     assert {p.name for p in tmp_path.iterdir()} == {"run"}
     again = run_cli([*tiny, f"hydra.run.dir={out}"], cwd=tmp_path)
@@ -136,3 +138,68 @@ def test_corrupt_paper_copy_file_is_refused_with_one_line(tmp_path, tiny):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "copy_fixed.npz" in lines[0] and "SHA-256" in lines[0]
+
+
+def test_artbp_run_logs_segment_lengths_variance_and_its_parameters(tmp_path, tiny):
+    out = tmp_path / "artbp"
+    result = run_cli([*tiny, "method=artbp", "K=4", "method.audit=true", "model.num_layers=2",
+                      f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = rows(out)
+    assert list(table[0]) == list(COLUMNS) and table[0]["trunc_mean"] == ""
+    for r in table[1:]:  # 50 segments per half epoch: the realised mean is near K = 4
+        assert 2.5 < float(r["trunc_mean"]) < 6 and int(r["trunc_max"]) >= 8
+        assert int(r["K"]) == 4 and float(r["lr"]) == pytest.approx(4 ** 0.5)
+    assert all(0 < float(r["grad_rel_var"]) < float("inf") for r in table)
+    assert all(r["true_rel_bias"] == "" and r["delta_hat"] != "" for r in table)
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"] == "artbp" and info["style"] == "chunk" and info["status"] == "finished"
+    assert info["artbp"] == {"schedule": "constant", "mean_length": 4.0, "c": 0.25, "alpha": None,
+                             "stride": 1, "max_length": None, "clip_lr_K": 4.0, "draws": 16}
+
+
+ARTBP_TINY = ["dataset.train_length=200", "dataset.eval_length=50", "dataset.batch_size=4",
+              "dataset.eval_batch_size=4", "model.hidden_size=8", "model.embedding_size=8",
+              "method.window=20", "method.burn_in=5", "method.num_windows=4", "method.k_max=20",
+              "method.artbp_draws=4", "progress=false"]
+
+
+def finished_jobs(sweep: Path) -> dict:
+    """(dataset, cell) -> metrics rows of every finished job of a sweep."""
+    jobs = {}
+    for info_path in sweep.rglob("run.json"):
+        info = json.loads(info_path.read_text())
+        assert info["status"] == "finished" and info["method"] == "artbp", info["message"]
+        jobs[(info["dataset"], info["model"].split()[0].lower())] = rows(info_path.parent)
+    return jobs
+
+
+def test_artbp_runs_on_every_synthetic_dataset_and_model(tmp_path):
+    datasets = ["copy", "copy_variable", "copy_paper", "copy_variable_paper", "linear", "var"]
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "method=artbp", "K=5", "epochs=1", f"dataset={','.join(datasets)}",
+                      "model=lstm,gru,srnn", "method.artbp_schedule=poly", *ARTBP_TINY,
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = finished_jobs(sweep)
+    assert set(jobs) == {(d, c) for d in datasets for c in ("lstm", "gru", "srnn")}
+    for table in jobs.values():
+        assert float(table[-1]["valid_loss"]) < float(table[0]["valid_loss"])
+        assert float(table[-1]["trunc_mean"]) > 0 and float(table[-1]["grad_rel_var"]) >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "ptb" / "ptb.train.txt").exists(),
+                    reason=f"corpora not found under {SHARED_DATA} (set ATBPTT_DATA)")
+def test_artbp_runs_on_the_word_corpora(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "method=artbp", "K=10", "epochs=0.0005", "dataset=ptb,wikitext2",
+                      "method.log_estimates=0", f"dataset.data_dir={SHARED_DATA}", *ARTBP_TINY,
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                     env={"ATBPTT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    jobs = finished_jobs(sweep)
+    assert set(jobs) == {("ptb", "lstm"), ("wikitext2", "lstm")}
+    for table in jobs.values():
+        assert float(table[-1]["test_ppl"]) < float(table[0]["test_ppl"])
+        assert int(table[-1]["trunc_max"]) >= float(table[-1]["trunc_mean"]) > 0

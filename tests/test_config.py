@@ -36,9 +36,11 @@ def test_every_group_option_composes(group):
 def test_every_experiment_preset_composes_with_each_setting(preset):
     cfg = compose_config(f"experiment={preset}")
     assert cfg.experiment == preset
-    for setting in ("K10", "delta0.1"):
+    expected = {"K10": MethodName.fixed, "delta0.1": MethodName.adaptive,
+                "artbp10": MethodName.artbp}
+    for setting, method in expected.items():
         cfg = compose_config(f"experiment={preset}", f"+setting={setting}")
-        assert cfg.method.name == (MethodName.fixed if setting == "K10" else MethodName.adaptive)
+        assert cfg.method.name == method
 
 
 def test_paper_settings_per_dataset():
@@ -58,12 +60,18 @@ def test_settings_match_method_and_value():
     assert compose_config("+setting=K30").K == 30
     cfg = compose_config("+setting=delta0.9")
     assert cfg.delta == 0.9 and cfg.method.name == MethodName.adaptive
+    cfg = compose_config("+setting=artbp20")
+    assert (cfg.K, cfg.method.name, cfg.method.style.value) == (20, MethodName.artbp, "chunk")
+    assert cfg.method.artbp_schedule.value == "constant"
+    cfg = compose_config("experiment=ptb_cpu", "+setting=artbp10poly")
+    assert (cfg.K, cfg.method.artbp_schedule.value, cfg.method.artbp_alpha) == (10, "poly", 4.0)
+    assert cfg.model.hidden_size == 200 and cfg.method.audit  # the preset's, untouched
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["model=transformer"], "allowed: gru, lstm, srnn"),
     (["dataset=nope"], "allowed: copy, copy_paper, copy_variable, copy_variable_paper, linear, ptb, var, wikitext2"),
-    (["method=sgd"], "allowed: adaptive, fixed"),
+    (["method=sgd"], "allowed: adaptive, artbp, fixed"),
     (["K=0"], "K must be an integer >= 1"),
     (["K=ten"], "K=ten"),
     (["K=-3"], "K must be"),
@@ -78,6 +86,13 @@ def test_settings_match_method_and_value():
     (["method=adaptive", "method.window=50"], "method.window must be >= method.k_max"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["dataset.rho=1.2"], "dataset.rho must be in (0, 1)"),
+    (["method=artbp", "K=1"], "K must be > method.artbp_stride (1) for method=artbp"),
+    (["method=artbp", "K=8", "method.artbp_stride=8"], "K must be > method.artbp_stride (8)"),
+    (["method=artbp", "method.style=overlap"], "method.style must be chunk for method=artbp"),
+    (["method=artbp", "K=10", "method.artbp_max_length=5"], "method.artbp_max_length must be >= K (10)"),
+    (["method.artbp_alpha=3"], "method.artbp_alpha must be a finite number > 3"),
+    (["method.artbp_schedule=exp"], "expected one of [constant, poly]"),
+    (["method.artbp_draws=-1"], "method.artbp_draws must be an integer >= 0"),
     (["K=5,10"], "a sweep needs -m"),
     (["-m", "K=5,0"], "K must be an integer >= 1"),
     (["-m", "K=5,6", "--cfg", "hydra"], "--multirun and --cfg cannot be combined"),

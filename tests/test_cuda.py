@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from atbptt import adaptive
+from atbptt import adaptive, artbp
 from atbptt.config import Cell, Style
 from atbptt.data import Split
 from atbptt.models import ModelSpec, RNNModel
@@ -51,6 +51,30 @@ def test_profile_on_cuda_matches_cpu(cell):
         out[device] = (phi.cpu(), cum.cpu())
     torch.testing.assert_close(out["cpu"][0], out["cuda"][0], rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(out["cpu"][1], out["cuda"][1], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(Cell))
+def test_artbp_segments_and_window_gradients_on_cuda_match_cpu(cell):
+    """Single-step cuDNN calls with the compensation between them; the eval-mode window
+    gradient behind the logged variance (cuDNN off there)."""
+    ids = torch.randint(0, 11, (31, 4), generator=torch.Generator().manual_seed(0))
+    split, schedule = Split(ids[:-1], ids[1:]), artbp.Schedule(4.0)
+    grads, windows = {}, {}
+    for device in ("cpu", "cuda"):
+        model = _model(cell).to(device)
+        walker, generator = Walker.start(model, 4, device), torch.Generator().manual_seed(0)
+        while walker.pos < split.length:  # the same segments on both devices
+            loss, _ = artbp.next_segment(model, split, walker, schedule, sequence_loss(True),
+                                         device, generator)
+            loss.backward()
+        grads[device] = [p.grad.cpu() for p in model.parameters()]
+        model.eval()
+        windows[device] = artbp.window_gradient(
+            model, ids[:12].to(device), ids[1:13].to(device), model.init_state(4, device),
+            last_step_loss(True), schedule, 3).cpu()
+    for a, b in zip(grads["cpu"], grads["cuda"]):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(windows["cpu"], windows["cuda"], rtol=1e-7, atol=1e-9)
 
 
 def test_cli_runs_on_cuda(tmp_path, tiny):

@@ -68,7 +68,9 @@ def profiles(run_dir: Path) -> dict:
     # (PyTorch's initialization: on this tiny model its K̂ moves over more values than the paper's)
     ["method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "delta=0.05", "model.num_layers=2",
      "model.dropout=0.2", "model.init=torch"],
-], ids=["fixed", "adaptive"])
+    # segment lengths drawn from the training RNG, their statistics and the variance draws
+    ["method=artbp", "method.artbp_schedule=poly", "model.num_layers=2", "model.dropout=0.2"],
+], ids=["fixed", "adaptive", "artbp"])
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     ref_dir, dir_ = tmp_path / "reference", tmp_path / "killed"
     args = [*TINY, *method]

@@ -39,11 +39,19 @@ class Cell(Enum):
 class MethodName(Enum):
     fixed = "fixed"
     adaptive = "adaptive"
+    artbp = "artbp"  # unbiased random truncation (Tallec & Ollivier 2017); K is the mean length
 
 
 class Style(Enum):
     overlap = "overlap"  # the paper's: every loss term gets >= K lags
     chunk = "chunk"  # pytorch/examples: loss at position j gets j+1 lags
+
+
+class TruncationSchedule(Enum):
+    """ARTBP's truncation probabilities c_n at the n-th draw point after a cut (src/atbptt/artbp.py)."""
+
+    constant = "constant"  # c_n = 1/m, m = K / stride: geometric lengths with mean K
+    poly = "poly"  # c_n = (alpha - 1) / ((alpha - 2) m + n): polynomial tail, mean K
 
 
 class Init(Enum):
@@ -163,6 +171,12 @@ class MethodConfig:
     grad_norm_bound: GradNormBound = GradNormBound.grad
     # profile with dropout active, as the authors' estimator does (training mode); false: eval mode
     profile_dropout: bool = True
+    # method=artbp (K is the mean truncation length; see src/atbptt/artbp.py and the README)
+    artbp_schedule: TruncationSchedule = TruncationSchedule.constant
+    artbp_alpha: float = 4.0  # tail exponent of the poly schedule (> 3: finite variance of lengths)
+    artbp_stride: int = 1  # truncation points may fall every artbp_stride steps after a cut
+    artbp_max_length: Optional[int] = None  # forced cut (memory bound; biases lags beyond it)
+    artbp_draws: int = 16  # truncation draws behind the logged gradient relative variance (0: skip)
 
     def __post_init__(self) -> None:
         for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):
@@ -178,6 +192,19 @@ class MethodConfig:
                    f">= method.k_max ({self.k_max}) for method=adaptive", self.window)
         if self.tau is not None:
             _check(1 <= self.tau < self.window, "method.tau", "in [1, method.window)", self.tau)
+        self._check_artbp()
+
+    def _check_artbp(self) -> None:
+        _check(self.artbp_alpha > 3 and math.isfinite(self.artbp_alpha), "method.artbp_alpha",
+               "a finite number > 3", self.artbp_alpha)
+        _check(self.artbp_stride >= 1, "method.artbp_stride", "an integer >= 1", self.artbp_stride)
+        _check(self.artbp_draws >= 0, "method.artbp_draws", "an integer >= 0", self.artbp_draws)
+        _check(self.artbp_max_length is None or self.artbp_max_length >= 1,
+               "method.artbp_max_length", "an integer >= 1 or null", self.artbp_max_length)
+        if self.name == MethodName.artbp:
+            _check(self.style == Style.chunk, "method.style",
+                   "chunk for method=artbp (its segments start at its truncation points)",
+                   self.style.value)
 
 
 @dataclass
@@ -200,7 +227,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     experiment: str = "default"  # label used by aggregation
-    K: int = 15  # truncation (fixed) or starting truncation (adaptive)
+    K: int = 15  # truncation (fixed), starting truncation (adaptive) or mean truncation length (artbp)
     delta: float = 0.5  # tolerated relative gradient bias (adaptive)
     seed: int = 0  # initial weights and training randomness
     epochs: float = 20.0  # fractions allowed
@@ -218,6 +245,12 @@ class Config:
         _check(self.max_time is None or self.max_time > 0, "max_time", "> 0 or null", self.max_time)
         _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1", self.evals_per_epoch)
         _check(self.threads >= 1, "threads", "an integer >= 1", self.threads)
+        if self.method.name == MethodName.artbp:  # c = stride / K < 1 (constant schedule)
+            stride, cap = self.method.artbp_stride, self.method.artbp_max_length
+            _check(self.K > stride, "K", f"> method.artbp_stride ({stride}) for method=artbp "
+                   "(K is the mean truncation length)", self.K)
+            _check(cap is None or cap >= self.K, "method.artbp_max_length",
+                   f">= K ({self.K}) or null", cap)
 
 
 def register_configs() -> None:

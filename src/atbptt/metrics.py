@@ -25,6 +25,9 @@ COLUMNS = (
     # delta_hat and K_hat_* above repeat the run's own choice (method.grad_norm_bound)
     *(f"delta_hat_{b}" for b in GRAD_NORM_BOUNDS),
     *(f"K_hat_{d}_{b}" for b in GRAD_NORM_BOUNDS for d in DELTAS),
+    # method=artbp (empty otherwise): segment lengths since the last evaluation (mean, max) and
+    # the gradient's relative variance E||g - g_W||^2 / ||g_W||^2 on estimation windows
+    "trunc_mean", "trunc_max", "grad_rel_var",
 )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from . import adaptive, tensorboard_log
+from . import adaptive, artbp, tensorboard_log
 from .config import Config, ConfigError, Device, Logger, MethodName
 from .data import TaskData, load_task
 from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
@@ -71,6 +71,10 @@ class Progress:
     loss_count: int = 0
     estimate: Optional[dict] = None  # last K estimate (arrays as lists), for logging
     done: bool = False
+    # ARTBP segment lengths since the last evaluation (steps): sum, count, max
+    segment_sum: int = 0
+    segment_count: int = 0
+    segment_max: int = 0
 
     def fraction(self, pos: int, length: int) -> float:
         return self.epoch + pos / length
@@ -101,6 +105,8 @@ class Trainer:
         self.tensorboard: Optional[tensorboard_log.TensorBoardLog] = None
         if cfg.logger == Logger.tensorboard:
             tensorboard_log.require()
+        self.schedule = (artbp.Schedule.from_config(cfg) if cfg.method.name == MethodName.artbp
+                         else None)
 
     # ------------------------------------------------------------------ K and the step size
     def lr(self, K: int) -> float:
@@ -116,8 +122,13 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, steps = chunk_forward(self.model, self.data.train, self.walker, self.progress.K,
-                                    cfg.method.style, self.loss_fn, self.device)
+        if self.schedule is not None:  # ARTBP: a segment of random length, K its mean
+            loss, steps = artbp.next_segment(self.model, self.data.train, self.walker,
+                                             self.schedule, self.loss_fn, self.device)
+            self.record_segment(steps)
+        else:
+            loss, steps = chunk_forward(self.model, self.data.train, self.walker, self.progress.K,
+                                        cfg.method.style, self.loss_fn, self.device)
         loss.backward()
         # NOTES §4: clip at clip / K, step lr * K^p
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip / self.progress.K)
@@ -128,6 +139,12 @@ class Trainer:
         p.chunks_since_estimate += 1
         p.steps_since_estimate += steps
         return loss.detach()
+
+    def record_segment(self, steps: int) -> None:
+        p = self.progress
+        p.segment_sum += steps
+        p.segment_count += 1
+        p.segment_max = max(p.segment_max, steps)
 
     # --------------------------------------------------------------------- estimation
     def estimate(self, num_estimates: int) -> adaptive.Estimate:
@@ -177,7 +194,7 @@ class Trainer:
 
     def audit(self) -> Optional[float]:
         m = self.cfg.method
-        if not m.audit:
+        if not m.audit or self.schedule is not None:  # ARTBP's bias is zero (its variance is logged)
             return None
         t0 = time.perf_counter()
         bias = audit_bias(self.model, self.data.train, self.cfg, self.progress.K, self.window_loss,
@@ -196,6 +213,8 @@ class Trainer:
                "K": p.K, "lr": self.lr(p.K), "true_rel_bias": self.audit()}
         if data.classification:
             row.update(valid_ppl=_ppl(valid), test_ppl=_ppl(test))
+        if self.schedule is not None:
+            row.update(self.artbp_row())
         if est is not None:
             rel = est["rel_bias"]
             row.update(beta_hat=est["beta_hat"], delta_hat=rel[min(p.K, len(rel)) - 1],
@@ -207,6 +226,22 @@ class Trainer:
             write_profile(self.run_dir / "profiles" / f"eval_{p.evals:05d}.csv",
                           np.asarray(est["phi"]), np.asarray(est["cum"]), np.asarray(est["tail"]),
                           est["beta_hat"], est["tau"])
+        return row
+
+    def artbp_row(self) -> Dict[str, object]:
+        """Segment lengths since the last evaluation (then reset) and the gradient's relative
+        variance on fresh estimation windows (diagnostic: estimation time, not training time)."""
+        p, m = self.progress, self.cfg.method
+        row: Dict[str, object] = {"trunc_mean": p.segment_sum / p.segment_count
+                                  if p.segment_count else None,
+                                  "trunc_max": p.segment_max if p.segment_count else None}
+        p.segment_sum = p.segment_count = p.segment_max = 0
+        if m.artbp_draws > 0:
+            t0 = time.perf_counter()
+            row["grad_rel_var"] = artbp_variance(self.model, self.data.train, self.cfg,
+                                                 self.schedule, self.window_loss,
+                                                 self.estimator_rng, self.device)
+            p.estimation_time += time.perf_counter() - t0
         return row
 
     def fraction(self) -> float:
@@ -357,6 +392,27 @@ def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, 
         model.train(was_training)
 
 
+def artbp_variance(model: RNNModel, split, cfg: Config, schedule: "artbp.Schedule", loss_fn,
+                   generator, device) -> float:
+    """ARTBP's gradient relative variance (``artbp.relative_variance``) on fresh estimation
+    windows: ``num_windows`` windows of ``window`` steps after a ``burn_in``, eval mode."""
+    m = cfg.method
+    was_training = model.training
+    model.eval()
+    try:
+        x, y = adaptive.sample_windows(split.inputs, split.targets, m.burn_in + m.window,
+                                       m.num_windows, generator)
+        x, y = x.to(device), y.to(device)
+        state = model.init_state(m.num_windows, device)
+        with torch.no_grad():
+            if m.burn_in > 0:
+                _, state = model.recur(x[:m.burn_in], state)
+        return artbp.relative_variance(model, x[m.burn_in:], y[m.burn_in:], state, loss_fn,
+                                       schedule, m.artbp_draws, generator)
+    finally:
+        model.train(was_training)
+
+
 # ---------------------------------------------------------------------------- one run
 def _config_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
@@ -377,6 +433,8 @@ def _run_info(cfg: Config, data: TaskData, model: RNNModel, device: torch.device
         "style": cfg.method.style.value, "model": f"{cfg.model.cell.value.upper()} "
         f"{cfg.model.num_layers}x{cfg.model.hidden_size}", "init": cfg.model.init.value,
         "grad_norm_bound": cfg.method.grad_norm_bound.value,
+        "artbp": None if cfg.method.name != MethodName.artbp else {
+            **artbp.Schedule.from_config(cfg).describe(), "draws": cfg.method.artbp_draws},
         "vocab_size": data.info.get("vocab_size"), "dims": data.info.get("dims"),
         "true_rho": data.info.get("true_rho"), "ppl_floor": data.info.get("ppl_floor"),
         "data_file": data.info.get("data_file"), "data_sha256": data.info.get("data_sha256"),

@@ -1,0 +1,271 @@
+"""Anticipated Reweighted Truncated Backpropagation (ARTBP): unbiased random truncation.
+
+Source: C. Tallec, Y. Ollivier, *Unbiasing Truncated Backpropagation Through Time* (2017,
+arXiv 1705.08209). Truncated BPTT cuts the backward pass at fixed places, which biases the
+gradient. ARTBP cuts it at random places instead and reweights what is not cut:
+
+- at every draw point a Bernoulli variable with probability ``c_n`` decides whether the
+  gradient flow is cut there (the paper's truncation probabilities);
+- where the draw says 'do not cut', the gradient that flows back across that transition is
+  multiplied by the compensation factor ``1 / (1 - c_n)``.
+
+A loss term's gradient at lag k crosses k transitions; it survives only if none of them was cut
+(probability ``prod (1 - c_n)``) and then carries ``prod 1 / (1 - c_n)``, so its expectation is
+the full-BPTT term and the estimate is unbiased, at the price of variance. The draws are
+made ahead of the forward pass ('anticipated'), so the forward runs exactly up to the next cut.
+
+How this code runs it (on the streams of ``atbptt.tbptt``):
+
+- **Segments.** Training proceeds segment by segment: a segment starts at a cut (the carried
+  state detached, as in 'chunk' style TBPTT) and ends at the next cut; one SGD step per segment.
+  One draw sequence is shared by all B streams (they move in lockstep, as the chunks of fixed
+  TBPTT do); each stream's gradient is unbiased on its own. The last segment of an epoch ends
+  with the data (the state is reset there, so nothing is cut).
+- **Draw points.** Truncation points may fall every ``stride`` steps after a cut
+  (``stride = 1``: every step, the paper's scheme; ``c_n = 0`` in between is an instance of the
+  paper's general ``c_t``). Between two draw points no cut can fall, so the recurrent core runs
+  fused over them; the compensation is applied at each draw point that said 'do not cut', to
+  the state entering the next run (identity forward, ``grad * factor`` backward).
+- **Schedules** (``n`` = draw points since the last cut, ``m = K / stride`` the mean length in
+  draw points; K is the mean segment length in steps):
+  ``constant``: ``c_n = 1 / m``, geometric lengths, compensation growing like ``(1 - c)^-n``;
+  ``poly``: ``c_n = (alpha - 1) / ((alpha - 2) m + n)`` (a length-dependent choice with
+  a heavier tail than the geometric), mean exactly m (derived and tested here), tail ``P(N > n) ~ n^-(alpha-1)``, compensation growing only
+  polynomially.
+- **Loss and step.** The segment's loss is the sum over its L steps of the per-step loss
+  (mean over streams) divided by K, i.e. the chunk's mean loss times ``L / K``: every step
+  keeps the fixed weight ``1 / K`` whatever the draws, which unbiasedness needs (dividing by the
+  realised L would weight a step by a function of the draws). Clip ``clip / K`` and step
+  ``lr * K^p`` use the same K, so ARTBP at mean length K makes, per epoch on average, as many
+  updates of the same size as fixed TBPTT(K) (NOTES §4).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import Config, TruncationSchedule
+from .data import Split
+from .models import RNNModel, State, detach_state
+from .tbptt import Walker
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Truncation probabilities of ARTBP. ``mean_length`` K (steps, > ``stride``) is the mean
+    segment length without a cap; ``max_length`` forces a cut (bounds memory, biases lags beyond
+    it). Raises ValueError for a mean length <= stride or alpha <= 2."""
+
+    mean_length: float
+    kind: TruncationSchedule = TruncationSchedule.constant
+    alpha: float = 4.0
+    stride: int = 1
+    max_length: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not (self.stride >= 1 and self.mean_length > self.stride):
+            raise ValueError(f"mean length {self.mean_length} must exceed the stride {self.stride}")
+        if self.kind == TruncationSchedule.poly and not self.alpha > 2:
+            raise ValueError(f"alpha={self.alpha} must be > 2 (finite mean length)")
+
+    @staticmethod
+    def from_config(cfg: Config) -> "Schedule":
+        m = cfg.method
+        return Schedule(float(cfg.K), m.artbp_schedule, m.artbp_alpha, m.artbp_stride,
+                        m.artbp_max_length)
+
+    def probability(self, n: int) -> float:
+        """``c_n``: probability of a cut at the n-th draw point after the last cut (n >= 1)."""
+        m = self.mean_length / self.stride
+        if self.kind == TruncationSchedule.constant:
+            return 1.0 / m
+        return (self.alpha - 1) / ((self.alpha - 2) * m + n)
+
+    def factor(self, n: int) -> float:
+        """Compensation ``1 / (1 - c_n)`` where the n-th draw point said 'do not cut'."""
+        return 1.0 / (1.0 - self.probability(n))
+
+    def limit(self, remaining: int) -> int:
+        """Longest segment possible with ``remaining`` steps left in the split."""
+        return remaining if self.max_length is None else min(remaining, self.max_length)
+
+    def describe(self) -> dict:
+        """The parameters, as run.json records them."""
+        constant = self.kind == TruncationSchedule.constant
+        return {"schedule": self.kind.value, "mean_length": self.mean_length,
+                "c": self.stride / self.mean_length if constant else None,
+                "alpha": None if constant else self.alpha, "stride": self.stride,
+                "max_length": self.max_length, "clip_lr_K": self.mean_length}
+
+
+# ----------------------------------------------------------------------------- lengths
+
+def length_distribution(schedule: Schedule, remaining: int) -> List[Tuple[int, float]]:
+    """``[(L, P(segment length = L))]`` with ``remaining`` steps left: a cut at the n-th draw
+    point (``L = n * stride``) has probability ``prod_{i<n} (1 - c_i) * c_n``; the segment ends
+    at ``schedule.limit(remaining)`` with the probability left (no cut before it)."""
+    limit, out, survive, n = schedule.limit(remaining), [], 1.0, 1
+    while n * schedule.stride < limit:
+        c = schedule.probability(n)
+        out.append((n * schedule.stride, survive * c))
+        survive *= 1.0 - c
+        n += 1
+    out.append((limit, survive))
+    return out
+
+
+def draw_length(schedule: Schedule, remaining: int,
+                generator: Optional[torch.Generator] = None) -> int:
+    """One segment length drawn ahead of the forward pass, with ``remaining`` steps left.
+
+    One uniform u (float64, from ``generator``, else the global CPU RNG); the cut falls at the
+    first draw point n where the survival ``prod_{i<=n} (1 - c_i)`` drops to u or below, which
+    gives each n exactly ``length_distribution``'s probability."""
+    u = float(torch.rand((), dtype=torch.float64, generator=generator))
+    limit, survive, n = schedule.limit(remaining), 1.0, 1
+    while n * schedule.stride < limit:
+        survive *= 1.0 - schedule.probability(n)
+        if survive <= u:
+            return n * schedule.stride
+        n += 1
+    return limit
+
+
+def last_cut_distribution(schedule: Schedule, window: int) -> np.ndarray:
+    """``P[a]``: probability that the last cut before the end of a window of ``window`` steps is
+    at step a (a cut at step 0, the window start), i.e. that the last step's loss backpropagates
+    ``window - a`` steps. Renewal recursion over ``length_distribution``."""
+    at = np.zeros(window + 1)
+    at[0], last = 1.0, np.zeros(window)
+    for a in range(window):
+        if at[a] == 0.0:
+            continue
+        for length, p in length_distribution(schedule, window - a):
+            if a + length == window:
+                last[a] += at[a] * p
+            else:
+                at[a + length] += at[a] * p
+    return last
+
+
+# ----------------------------------------------------------------------------- forward
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def compensate(state: State, factor: float) -> State:
+    """The state entering a transition whose draw said 'do not cut': unchanged values,
+    incoming gradient (every layer's h, and c for an LSTM) multiplied by ``factor``."""
+    if isinstance(state, tuple):
+        return tuple(_ScaleGrad.apply(s, factor) for s in state)
+    return _ScaleGrad.apply(state, factor)
+
+
+def run_segment(model: RNNModel, emb: Tensor, state: State,
+                schedule: Optional[Schedule]) -> Tuple[Tensor, State]:
+    """The recurrent core over one segment, ``emb [L, B, E]`` from ``state`` (its cut): fused
+    runs between draw points, ``compensate`` at each draw point (``schedule=None``: one fused
+    run, plain BPTT). Returns the top-layer hidden ``[L, B, H]`` and the last state."""
+    length = emb.shape[0]
+    stride = length if schedule is None else schedule.stride
+    pieces, start = [], 0
+    for n, stop in enumerate([*range(stride, length, stride), length]):
+        if n > 0:
+            state = compensate(state, schedule.factor(n))
+        hidden, state = model.core(emb[start:stop], state)
+        pieces.append(hidden)
+        start = stop
+    return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]), state
+
+
+def segment_forward(model: RNNModel, split: Split, walker: Walker, schedule: Schedule,
+                    length: int, loss_fn: LossFn, device) -> Tuple[Tensor, int]:
+    """Forward one segment of ``length`` steps from ``walker`` (its state is the cut).
+
+    Returns the loss (with graph), ``loss_fn``'s mean over the segment times ``length / K``
+    (every step weighted 1/K), and ``length``. Advances the walker to the next segment, state
+    detached. Raises ValueError if the segment does not fit in the split."""
+    pos = walker.pos
+    if not 1 <= length <= split.length - pos:
+        raise ValueError(f"a segment of {length} steps does not fit at {pos} of {split.length}")
+    x = split.inputs[pos:pos + length].to(device, non_blocking=True)
+    y = split.targets[pos:pos + length].to(device, non_blocking=True)
+    hidden, state = run_segment(model, model.embed(x), walker.state, schedule)
+    walker.pos = walker.anchor = pos + length
+    walker.state = detach_state(state)
+    return loss_fn(model.decode(hidden), y) * (length / schedule.mean_length), length
+
+
+def next_segment(model: RNNModel, split: Split, walker: Walker, schedule: Schedule,
+                 loss_fn: LossFn, device,
+                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, int]:
+    """Draw the next segment's length (global CPU RNG unless ``generator``), then forward it."""
+    length = draw_length(schedule, split.length - walker.pos, generator)
+    return segment_forward(model, split, walker, schedule, length, loss_fn, device)
+
+
+# ----------------------------------------------------------------------------- variance
+
+def _eval_kernels(model: RNNModel):
+    """cuDNN refuses an RNN backward in eval mode: native kernels there."""
+    if next(model.parameters()).is_cuda and not model.training:
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def window_gradient(model: RNNModel, inputs: Tensor, targets: Tensor, state: State,
+                    loss_fn: LossFn, schedule: Optional[Schedule], start: int) -> Tensor:
+    """Flat float64 parameter gradient of the summed last-step losses of windows
+    ``inputs [W, S, ...]`` (from their detached ``state``) when the last cut is at step
+    ``start``: steps before it run without gradient, the rest as one ARTBP segment
+    (``schedule=None``, ``start=0``: the full-window BPTT gradient). ``loss_fn`` returns one
+    loss per window."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with _eval_kernels(model):
+        with torch.no_grad():
+            if start > 0:
+                state = model.recur(inputs[:start], state)[1]
+        with torch.enable_grad():
+            hidden, _ = run_segment(model, model.embed(inputs[start:]), detach_state(state), schedule)
+            loss = loss_fn(model.decode(hidden[-1]), targets[-1]).sum()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params)]).double()
+
+
+def relative_variance(model: RNNModel, inputs: Tensor, targets: Tensor, state: State,
+                      loss_fn: LossFn, schedule: Schedule, draws: int,
+                      generator: torch.Generator) -> float:
+    """``mean_r ||g_r - g_W||^2 / ||g_W||^2`` over ``draws`` truncation draws on the windows
+    (one draw shared by all windows, as by the streams in training): g_r is ARTBP's gradient of
+    the last-step losses, g_W the full-window gradient, its expectation (the window start counts
+    as a cut). Last cuts are drawn from ``last_cut_distribution`` with ``generator``; a sample
+    estimate, which can miss rare long segments. Zero ``g_W``: 0 if every g_r is zero, else inf."""
+    probs = torch.from_numpy(last_cut_distribution(schedule, inputs.shape[0]))
+    starts = torch.multinomial(probs, draws, replacement=True, generator=generator).tolist()
+    full = window_gradient(model, inputs, targets, state, loss_fn, None, 0)
+    grads: Dict[int, Tensor] = {a: window_gradient(model, inputs, targets, state, loss_fn,
+                                                   schedule, a) for a in sorted(set(starts))}
+    spread = sum(float((grads[a] - full).pow(2).sum()) for a in starts) / draws
+    norm = float(full.pow(2).sum())
+    if norm == 0:
+        return 0.0 if spread == 0 else math.inf
+    return spread / norm
