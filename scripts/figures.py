@@ -205,6 +205,9 @@ def floor_line(ax, exp: dict) -> None:
     """A grey dotted line at the best attainable test PPL (atbptt.data.copy_floor)."""
     floor = test_floor(exp)
     if exp["metric"] == "ppl" and np.isfinite(floor):
+        low, high = ax.get_ylim()
+        if floor < low:  # keep the floor in view: the gap to it is the point
+            ax.set_ylim(floor - 0.05 * (high - floor), high)
         ax.axhline(floor, color="0.5", linestyle=":", linewidth=1.2,
                    label=f"best attainable ({floor:.3f})")
 
