@@ -45,6 +45,9 @@ METRIC_COLUMNS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", 
                   *(f"delta_hat_{b}" for b in ("grad", "norm_sum")),
                   *(f"K_hat_{d}_{b}" for b in ("grad", "norm_sum") for d in ("1.0", "0.9", "0.5", "0.1"))]
 STANDINS = ("grad", "norm_sum")
+# the data python -m atbptt.floor measures (results/copy_floor.csv): the presets' sizes, data seed 0
+DEFAULT_COPY_DATA = {"seed": 0, "train_length": 4000, "eval_length": 1000, "batch_size": 64,
+                     "eval_batch_size": 64}
 PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
 BEST_COLUMNS = ["has_best", "final_K", "beta_hat", "final_epoch", "final_train_time",
                 "best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best",
@@ -110,6 +113,7 @@ def read_meta(run_dir: Path) -> dict:
     # and the averaged-gradient stand-in
     meta["init"] = _first(meta.get("init"), model_cfg.get("init"), "torch")
     meta["grad_norm_bound"] = _first(meta.get("grad_norm_bound"), method_cfg.get("grad_norm_bound"), "grad")
+    meta["default_copy_data"] = all(dataset_cfg.get(k, v) == v for k, v in DEFAULT_COPY_DATA.items())
     meta.setdefault("status", "failed")
     meta.setdefault("task", None)
     meta["run_dir"] = display_path(run_dir)
@@ -422,7 +426,26 @@ def provenance(metas: list[dict], runs: pd.DataFrame, notes: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def collect(roots: list[Path], experiment: str | None) -> tuple[dict, list[tuple[str, str]]]:
+def read_floor_table(path: Path | None) -> dict:
+    """{dataset: {split: floor}} from ``python -m atbptt.floor``'s CSV; {} if absent."""
+    if path is None or not path.is_file():
+        return {}
+    table: dict = {}
+    for _, row in pd.read_csv(path).iterrows():
+        table.setdefault(row["dataset"], {})[row["split"]] = {
+            k: float(row[k]) for k in ("undetermined_share", "undetermined_entropy", "ppl_floor")}
+    return table
+
+
+def fill_floor(meta: dict, floors: dict) -> None:
+    """Runs that did not record their data's best attainable perplexity (older run.json)
+    take it from the floor table, when they used the data that table measured."""
+    if not meta.get("ppl_floor") and meta.get("default_copy_data") and meta["dataset"] in floors:
+        meta["ppl_floor"] = floors[meta["dataset"]]
+
+
+def collect(roots: list[Path], experiment: str | None,
+            floors: dict | None = None) -> tuple[dict, list[tuple[str, str]]]:
     """{experiment: (metas, runs frame)} for every run found, duplicates removed."""
     metas = []
     for run_dir in find_run_dirs(roots):
@@ -432,6 +455,7 @@ def collect(roots: list[Path], experiment: str | None) -> tuple[dict, list[tuple
             print(f"skipping {run_dir}: unreadable run.json/config ({error})")
             continue
         if experiment is None or meta["experiment"] == experiment:
+            fill_floor(meta, floors or {})
             metas.append(meta)
     metas, notes = deduplicate(metas)
     label_settings(metas)
@@ -489,8 +513,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"),
                         help="writes <out>/<experiment>/{runs,summary,profiles}.csv")
     parser.add_argument("--experiment", default=None, help="only this experiment")
+    parser.add_argument("--floors", type=Path, default=None,
+                        help="best attainable perplexities (python -m atbptt.floor's CSV) for "
+                             "copy runs that did not record theirs (default <out>/copy_floor.csv)")
     args = parser.parse_args(argv)
-    experiments, notes = collect(args.runs, args.experiment)
+    floors = read_floor_table(args.floors or args.out / "copy_floor.csv")
+    experiments, notes = collect(args.runs, args.experiment, floors)
     if not experiments:
         raise SystemExit(f"no run directories (with run.json) under {args.runs}")
     for _, note in notes:

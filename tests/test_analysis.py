@@ -377,3 +377,27 @@ def test_floor_and_stand_ins_by_hand(outputs):
     assert not (results / "copy" / "standins.csv").exists()  # nothing audited there
     provenance = json.loads((results / "copy" / "provenance.json").read_text())
     assert provenance["inits"] == ["torch"]  # runs from before model.init existed
+
+
+def test_floor_table_fills_runs_that_did_not_record_theirs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("aggregate", SCRIPTS[0])
+    aggregate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aggregate)
+    path = tmp_path / "copy_floor.csv"
+    pd.DataFrame([{"dataset": "copy_paper", "split": s, "targets": 1, "undetermined_share": 0.1,
+                   "undetermined_entropy": 1.0, "ppl_floor": 1.1} for s in ("valid", "test")]
+                 ).to_csv(path, index=False)
+    floors = aggregate.read_floor_table(path)
+    old = {"dataset": "copy_paper", "default_copy_data": True}
+    aggregate.fill_floor(old, floors)
+    assert aggregate.ppl_floor(old, "test") == pytest.approx(1.1)
+    other_data = {"dataset": "copy_paper", "default_copy_data": False}  # e.g. a subset
+    aggregate.fill_floor(other_data, floors)
+    assert math.isnan(aggregate.ppl_floor(other_data, "test"))
+    recorded = {"dataset": "copy_paper", "default_copy_data": True,
+                "ppl_floor": {"test": {"ppl_floor": 1.3}}}
+    aggregate.fill_floor(recorded, floors)  # a run's own record wins
+    assert aggregate.ppl_floor(recorded, "test") == pytest.approx(1.3)
+    assert aggregate.read_floor_table(tmp_path / "absent.csv") == {}
