@@ -386,12 +386,12 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
         cache_dir: Optional[Path] = None, on_start: Optional[Callable[[], None]] = None) -> str:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status.
 
-    Whatever can refuse the run is checked before anything is written: another run in the
-    directory, the limits that depend on the data (``limits.check_data``), another process on
-    the directory (``rundir.RunDirLock``, then held until the run ends) and an unreadable
-    checkpoint. ``on_start`` is called once the run is accepted, before its first write (the
-    CLI writes ``.hydra/`` there)."""
-    info = check_run_dir(cfg, run_dir)  # read only: a refused directory is left untouched
+    Whatever can refuse the run is checked before anything is written, so that a refused run
+    leaves the directory as it was: another run in the directory, the limits that depend on the
+    data (``limits.check_data``), an unusable checkpoint, and another process on the directory
+    (``rundir.RunDirLock``, then held until the run ends). ``on_start`` is called once the run
+    is accepted, before its first write (the CLI writes ``.hydra/`` there)."""
+    info = check_run_dir(cfg, run_dir)
     if _already_over(info, run_dir):
         return str(info["status"])
     torch.set_num_threads(cfg.threads)
@@ -400,12 +400,16 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
     data = load_task(cfg.dataset, default_data_dir, cache_dir, progress=cfg.progress)
     check_data(cfg, data)
     model = build_model(cfg, data, device)
+    torch.manual_seed(cfg.seed + 1)  # training randomness (dropout); restored on resume
+    trainer = Trainer(cfg, run_dir, data, model, device)
+    resume = info is not None and (run_dir / CHECKPOINT).exists()
+    if resume:  # read before the lock: checkpoints are replaced atomically, and one older than
+        _restore(trainer, run_dir / CHECKPOINT)  # the last is still consistent with metrics.csv
     with RunDirLock(run_dir):
-        info = check_run_dir(cfg, run_dir)  # again: no other process can change it from here on
-        if _already_over(info, run_dir):
-            return str(info["status"])
-        torch.manual_seed(cfg.seed + 1)  # training randomness (dropout); restored on resume
-        return _start(Trainer(cfg, run_dir, data, model, device), info, on_start)
+        latest = check_run_dir(cfg, run_dir)  # another process may have run it meanwhile
+        if _already_over(latest, run_dir):
+            return str(latest["status"])
+        return _start(trainer, latest or info, resume, on_start)
 
 
 def _already_over(info: Optional[dict], run_dir: Path) -> bool:
@@ -418,13 +422,11 @@ def _already_over(info: Optional[dict], run_dir: Path) -> bool:
     return True
 
 
-def _start(trainer: Trainer, info: Optional[dict], on_start: Optional[Callable[[], None]]) -> str:
-    """Resume from the checkpoint (if the run has one) or start afresh; write run.json; train."""
+def _start(trainer: Trainer, info: Optional[dict], resume: bool,
+           on_start: Optional[Callable[[], None]]) -> str:
+    """Write the run's files (resumed from its restored checkpoint, or afresh); train."""
     cfg, run_dir, device, data = trainer.cfg, trainer.run_dir, trainer.device, trainer.data
-    info_path, ckpt_path = run_dir / "run.json", run_dir / CHECKPOINT
-    resume = ckpt_path.exists() and info is not None
-    if resume:
-        _restore(trainer, ckpt_path)
+    info_path = run_dir / "run.json"
     if on_start is not None:
         on_start()
     if resume:

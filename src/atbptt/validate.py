@@ -149,7 +149,7 @@ def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) 
         return "deleting keys is not supported"
     if key in GROUPS or key.split("@")[0] in GROUPS:
         options = group_options(key.split("@")[0])
-        bad = [v for v in values if v not in options and v != "null"]
+        bad = [v for v in values if v not in options]  # null too: Hydra cannot compose it
         if bad:
             return f"unknown {key} '{bad[0]}'; allowed: {', '.join(options)}"
         return None
