@@ -14,9 +14,15 @@ import torch
 from atbptt import train
 from atbptt.metrics import TIME_COLUMNS
 from atbptt.rundir import CHECKPOINT, RunDirError
-from conftest import run_interrupted, tiny_config
+from conftest import run_interrupted
+from conftest import tiny_config as tiny_any_device
 
 pytestmark = pytest.mark.usefixtures("torch_state")
+
+
+def tiny_config(*overrides: str):
+    """The tiny run on the CPU, also on a machine with a GPU (device=auto would pick it)."""
+    return tiny_any_device("device=cpu", *overrides)
 
 
 def rows(run_dir: Path) -> list:
@@ -62,7 +68,7 @@ def test_resume_with_other_threads_warns_and_is_recorded(tmp_path, monkeypatch, 
     assert train.run(tiny_config("threads=2"), run_dir) == "finished"
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1
-    assert "started with threads=1 and is resumed with threads=2" in warnings[0]
+    assert "ran with threads=1 so far and is resumed with threads=2" in warnings[0]
     assert info(run_dir)["resumed_with_threads"] == [2] and info(run_dir)["threads"] == 1
     assert [r["eval"] for r in rows(run_dir)] == ["0", "1", "2"]
 
@@ -81,7 +87,7 @@ def test_a_checkpoint_written_on_cuda_resumes_on_the_cpu(tmp_path, monkeypatch, 
     (run_dir / "run.json").write_text(json.dumps({**info(run_dir), "device": "cuda"}))
     capsys.readouterr()
     assert train.run(cfg, run_dir) == "finished"
-    assert "started with device=cuda and is resumed with device=cpu" in capsys.readouterr().err
+    assert "ran with device=cuda so far and is resumed with device=cpu" in capsys.readouterr().err
     assert info(run_dir)["resumed_on_devices"] == ["cpu"]
     assert rows(run_dir) == rows(reference)
 

@@ -459,13 +459,14 @@ def _restore(trainer: Trainer, ckpt_path: Path) -> None:
 
 
 def _note_resume_changes(info: dict, run_dir: Path, threads: int, device: torch.device) -> None:
-    """Resumed with other ``threads`` or on another device type than the run started with:
+    """Resumed with other ``threads`` or on another device type than the run last ran with:
     the result may then differ from an uninterrupted run by rounding. Say so on stderr and
-    record it in run.json (``resumed_with_threads``, ``resumed_on_devices``)."""
-    for key, started, now, record in (("threads", info.get("threads"), threads, "resumed_with_threads"),
-                                      ("device", info.get("device"), device.type, "resumed_on_devices")):
-        if started is not None and started != now:
-            print(f"atbptt-run: warning: {run_dir} was started with {key}={started} and is resumed "
+    record it in run.json (``resumed_with_threads``, ``resumed_on_devices``: one entry per change)."""
+    for key, now, record in (("threads", threads, "resumed_with_threads"),
+                             ("device", device.type, "resumed_on_devices")):
+        before = (info.get(record) or [info.get(key)])[-1]
+        if before is not None and before != now:
+            print(f"atbptt-run: warning: {run_dir} ran with {key}={before} so far and is resumed "
                   f"with {key}={now}; the result may differ from an uninterrupted run by rounding",
                   file=sys.stderr, flush=True)
             info[record] = [*info.get(record, []), now]
