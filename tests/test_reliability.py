@@ -172,6 +172,7 @@ def test_each_sweep_job_locks_its_own_directory(tmp_path):
 
 
 # --------------------------------------------------------------------- checkpoint damage
+@pytest.mark.slow
 def test_a_truncated_checkpoint_says_how_to_restart(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, f"hydra.run.dir={run_dir}"]
