@@ -189,7 +189,6 @@ def _check_device(config: Config) -> None:
             raise ConfigError("device=cuda but no CUDA GPU is available; allowed here: auto, cpu")
 
 
-
 # ------------------------------------------------------------------------------ sweeps
 def check_group_sweeps(argv: List[str], parsed) -> Optional[str]:
     """A sweep over group options that carry their own sweeps (``-m experiment=a,b``) would run
@@ -212,6 +211,7 @@ def check_group_sweeps(argv: List[str], parsed) -> Optional[str]:
 def _carries_sweep(override: str) -> bool:
     from hydra import compose, initialize_config_module
 
+    register_configs()
     with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
     return bool(cfg.hydra.sweeper.params)
@@ -237,17 +237,22 @@ def check_sweep_jobs(task: List[str], hydra_args: List[str]) -> Optional[str]:
     (``hydra.sweep.subdir``) its own."""
     from hydra import compose, initialize_config_module
 
+    register_configs()
     _register_dirname_resolver()
     seen: Dict[str, str] = {}
     with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
         for num, job in enumerate(sweep_jobs(task, hydra_args)):
             name = ",".join(job) or "(no overrides)"
-            cfg = compose(config_name="config", overrides=[*hydra_args, *job], return_hydra_config=True)
-            subdir = _job_subdir(cfg, num)
+            try:
+                cfg = compose(config_name="config", overrides=[*hydra_args, *job], return_hydra_config=True)
+                subdir = _job_subdir(cfg, num)
+            except Exception as err:  # noqa: BLE001 - composition errors name the override
+                return f"job {name}: {_first_line(err)}"
             if subdir in seen:
+                excluded = ", ".join(cfg.hydra.job.config.override_dirname.exclude_keys)
                 return (f"jobs {seen[subdir]} and {name} of this sweep would share the directory "
                         f"'{subdir or '.'}' under hydra.sweep.dir: sweep only over keys that name "
-                        "the directory (not experiment, progress, threads), or set hydra.sweep.subdir")
+                        f"the directory (not {excluded}), or set hydra.sweep.subdir")
             seen[subdir] = name
             with open_dict(cfg):
                 del cfg["hydra"]
