@@ -152,7 +152,7 @@ def _start(argv: list, run_dir: Path) -> str | None:
 
 
 @pytest.mark.usefixtures("torch_state")
-@settings(max_examples=80, deadline=None, derandomize=True, database=None,
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=st.lists(override, min_size=1, max_size=2, unique_by=lambda kv: kv[0]))
 def test_every_key_and_pair_either_starts_or_is_refused_in_one_line(drawn):
