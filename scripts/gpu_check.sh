@@ -6,7 +6,9 @@
 #
 # On the GPU machine (its python3 already holds torch with CUDA) it installs atbptt and the
 # carried wheels into /tmp/site, then:
-#   1. the CUDA tests (tests/test_cuda.py) plus the exact TBPTT and estimator tests, on CUDA,
+#   1. the CUDA tests (tests/test_cuda.py: cuDNN gradients and profiles against the CPU, a CLI
+#      run, and a run resumed CPU -> CUDA -> CPU from its checkpoints) plus the exact TBPTT and
+#      estimator tests, on CUDA,
 #   2. one timed minute of ptb_paper (LSTM 1x900, cuDNN) for fixed K=100 and adaptive delta=0.1,
 #   3. the benchmark table on CUDA,
 # writing what it measured, with the device name, under results/gpu/ (and $OUT when set).

@@ -31,3 +31,49 @@ def run_cli(args, cwd: Path, env=None, timeout=300) -> subprocess.CompletedProce
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def checked_config(*overrides: str):
+    """The config of ``overrides``, composed and checked as the CLI does (``ConfigError``)."""
+    from hydra import compose, initialize_config_module
+
+    from atbptt.config import register_configs
+    from atbptt.validate import to_config
+
+    register_configs()
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def tiny_config(*overrides: str):
+    """The TINY copy-task config with ``overrides``."""
+    return checked_config(*TINY, *overrides)
+
+
+def run_interrupted(cfg, run_dir: Path, evals: int, monkeypatch) -> None:
+    """``train.run`` in this process, interrupted (KeyboardInterrupt) right after the
+    checkpoint of evaluation number ``evals``: the run directory is left resumable."""
+    from atbptt import train
+
+    original = train.Trainer.eval_and_save
+
+    def stop_after(self, *args):
+        original(self, *args)
+        if self.progress.evals >= evals:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "eval_and_save", stop_after)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(cfg, run_dir)
+
+
+@pytest.fixture
+def torch_state():
+    """For tests that call ``train.run`` in this process: restore the torch settings it
+    changes (threads, denormal flushing, the global RNG) afterwards."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from atbptt.config import Config, ConfigError, MethodName, register_configs
-from atbptt.validate import group_options, precheck, to_config
+from atbptt.validate import group_options, precheck, sweep_jobs, to_config
 
 register_configs()
 
@@ -99,6 +99,7 @@ def test_settings_match_method_and_value():
     (["--info", "--multirun"], "--multirun and --info cannot be combined"),
     (["-cjob", "--multi"], "--multirun and --cfg cannot be combined"),
     (["-r", "-m"], "--run and --multirun cannot be combined"),
+    (["experiment=null"], "unknown experiment 'null'"),
 ])
 def test_bad_input_gives_one_line(argv, needle):
     message = precheck(argv)
@@ -124,3 +125,46 @@ def test_unwritable_output_directory(tmp_path):
 def test_post_init_errors_are_config_errors():
     with pytest.raises(ConfigError, match="K must be"):
         Config(K=0)
+
+
+# ------------------------------------------------------------------------- sweeps
+@pytest.mark.parametrize("argv,needle", [
+    # presets carry their own sweeps: one launch, one preset
+    (["-m", "experiment=copy_fixed,copy_variable", "epochs=0.01"],
+     "experiment=copy_fixed,copy_variable: each experiment option carries its own sweep, and one "
+     "launch runs one sweep; run one per launch: atbptt-run -m experiment=copy_fixed epochs=0.01; "
+     "atbptt-run -m experiment=copy_variable epochs=0.01"),
+    (["-m", "experiment=ptb_cpu,linear", "hydra/launcher=joblib"], "run one per launch: "
+     "atbptt-run -m experiment=ptb_cpu hydra/launcher=joblib; atbptt-run -m experiment=linear"),
+    # keys left out of the directory names, or one subdir for all: jobs would share a directory
+    (["-m", "progress=true,false"], "jobs progress=True and progress=False of this sweep would "
+                                    "share the directory '.' under hydra.sweep.dir"),
+    (["-m", "threads=1,2", "K=5"], "would share the directory 'K=5'"),
+    (["-m", "K=5,6", "hydra.sweep.subdir=same"], "jobs K=5 and K=6 of this sweep would share the directory 'same'"),
+    (["-m", "experiment=copy_fixed", "hydra.sweep.subdir=x"], "jobs +setting=K5,seed=0,experiment=copy_fixed and +setting=K5,seed=1,experiment=copy_fixed "
+     "of this sweep would share the directory 'x'"),
+    # each value is fine, the combination is not: every job is checked
+    (["-m", "K=5,1000", "optim.lr_power=0,20"], "job K=1000,optim.lr_power=20: optim.lr=1.0 with optim.lr_power=20.0"),
+    # the preset's own grid is checked too: K=20 with lr_power 30 overflows float32
+    (["-m", "experiment=copy_fixed", "optim.lr_power=30"], "job +setting=K20,seed=0,experiment=copy_fixed,optim.lr_power=30: optim.lr=1.0 with optim.lr_power=30.0"),
+])
+def test_sweeps_that_cannot_run_as_asked_are_refused_at_launch(argv, needle):
+    message = precheck(argv)
+    assert message is not None and needle in message, message
+    assert "\n" not in message
+
+
+def test_sweeps_that_can_run_pass():
+    for argv in (["-m", "K=5,6"], ["-m", "dataset=copy,linear"], ["-m", "experiment=linear"],
+                 ["-m", "K=5,6", "threads=1", "hydra.sweep.subdir=${hydra.job.num}"],
+                 ["-m", "K=5,6", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]):
+        assert precheck(argv) is None, argv
+
+
+def test_sweep_jobs_expand_like_hydra():
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        grid = sweep_jobs(["experiment=copy_fixed"], [])
+        assert len(grid) == 24 and grid[0] == ["+setting=K5", "seed=0", "experiment=copy_fixed"]
+        narrowed = sweep_jobs(["experiment=copy_fixed", "+setting=K5,delta0.1"], [])
+        assert [job[0] for job in narrowed] == ["+setting=K5"] * 3 + ["+setting=delta0.1"] * 3
+        assert sweep_jobs(["K=1,2", "seed=3"], []) == [["K=1", "seed=3"], ["K=2", "seed=3"]]

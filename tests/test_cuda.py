@@ -1,4 +1,5 @@
-"""CUDA checks (skipped without a GPU; scripts/gpu_check.sh runs them on a lent GPU)."""
+"""CUDA checks (skipped without a GPU; scripts/gpu_check.sh runs them on a lent GPU): cuDNN
+gradients and profiles against the CPU, a CLI run, and a run resumed across devices."""
 from __future__ import annotations
 
 import csv
@@ -7,12 +8,12 @@ import json
 import pytest
 import torch
 
-from atbptt import adaptive, artbp
+from atbptt import adaptive, artbp, train
 from atbptt.config import Cell, Style
 from atbptt.data import Split
 from atbptt.models import ModelSpec, RNNModel
 from atbptt.tbptt import Walker, chunk_forward, last_step_loss, sequence_loss
-from conftest import run_cli
+from conftest import run_cli, run_interrupted, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -84,4 +85,27 @@ def test_cli_runs_on_cuda(tmp_path, tiny):
     info = json.loads((run / "run.json").read_text())
     assert info["device"] == "cuda" and info["status"] == "finished"
     rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert all(2 <= int(r["K"]) <= 20 for r in rows)
+
+
+@pytest.mark.usefixtures("torch_state")
+def test_resume_moves_between_cpu_and_cuda(tmp_path, monkeypatch, capsys):
+    """A CPU-started run resumes on CUDA (RNG states restored from the checkpoint's CPU copies),
+    and its CUDA checkpoint resumes back on the CPU (its CUDA RNG state then unused); each move
+    warns once and is recorded, and no evaluation is lost or repeated."""
+    overrides = ("model.num_layers=2", "model.dropout=0.2", "method=adaptive", "method.reestimate_every=3",
+                 "method.reestimate_steps=null", "epochs=2", "evals_per_epoch=3")
+    run_dir = tmp_path / "run"
+    run_interrupted(tiny_config("device=cpu", *overrides), run_dir, 2, monkeypatch)
+    run_interrupted(tiny_config("device=cuda", *overrides), run_dir, 4, monkeypatch)
+    payload = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert payload["cuda_rng"] is not None  # written on CUDA
+    assert train.run(tiny_config("device=cpu", *overrides), run_dir) == "finished"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "so far and is resumed" in line]
+    assert len(warnings) == 2 and "ran with device=cpu so far and is resumed with device=cuda" in warnings[0]
+    assert "ran with device=cuda so far and is resumed with device=cpu" in warnings[1]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["device"] == "cpu" and info["resumed_on_devices"] == ["cuda", "cpu"]
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [r["eval"] for r in rows] == [str(i) for i in range(7)]
     assert all(2 <= int(r["K"]) <= 20 for r in rows)

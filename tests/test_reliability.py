@@ -1,5 +1,6 @@
-"""Reliability (issue 5), through the real CLI in subprocesses: resume after SIGKILL, divergence
-inside a sweep, the joblib and submitit_local launchers, and one-line errors for bad input."""
+"""Reliability, through the real CLI in subprocesses: resume after SIGKILL, the run-directory
+lock, damaged checkpoints, divergence inside a sweep, the joblib and submitit_local launchers,
+and one-line errors for bad input."""
 from __future__ import annotations
 
 import csv
@@ -117,6 +118,88 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     assert (dir_ / "metrics.csv").read_bytes() == before
 
 
+# --------------------------------------------------------------------------- the lock
+@pytest.mark.slow
+def test_two_runs_on_one_directory_only_one_trains(tmp_path):
+    """Started together: one trains, the other is refused in one line naming the holder and
+    writes nothing. The winner is then SIGKILLed: its lock dies with it, and the same command
+    resumes. No evaluation row is written twice."""
+    run_dir = tmp_path / "run"
+    args = cli([*TINY, "epochs=8", "evals_per_epoch=1", f"hydra.run.dir={run_dir}"])
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 240
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loser = next(p for p in procs if p.poll() is not None)
+    winner = next(p for p in procs if p is not loser)
+    lines = loser.stderr.read().strip().splitlines()
+    assert loser.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"atbptt-run: error: {run_dir} is in use by another run (pid {winner.pid} on ")
+    assert winner.poll() is None, "the winner ended before the loser was refused"
+    winner.send_signal(signal.SIGKILL)
+    winner.wait()
+    resumed = run([*TINY, "epochs=8", "evals_per_epoch=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["eval"] for r in rows(run_dir)] == [str(i) for i in range(9)]
+    assert status(run_dir)["status"] == "finished"
+
+
+HOLD_LOCK = """
+import sys, time
+from atbptt.rundir import RunDirLock
+RunDirLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_each_sweep_job_locks_its_own_directory(tmp_path):
+    """Job 0's directory is held by another process: that job is refused, job 1 runs."""
+    sweep = tmp_path / "sweep"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(sweep / "0")], stdout=subprocess.PIPE,
+                              text=True, env=env(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run(["-m", *[a for a in TINY if not a.startswith("K=")], "K=5,6", "epochs=0.25",
+                      "hydra.sweep.subdir=${hydra.job.num}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lines = [l for l in result.stderr.splitlines() if l.startswith("atbptt-run:")]
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert f"refused: {sweep / '0'} is in use by another run (pid {holder.pid} on " in lines[0]
+    assert [p.name for p in (sweep / "0").iterdir()] == ["run.lock"]
+    assert status(sweep / "1")["status"] == "finished"
+
+
+# --------------------------------------------------------------------- checkpoint damage
+@pytest.mark.slow
+def test_a_truncated_checkpoint_says_how_to_restart(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"hydra.run.dir={run_dir}"]
+    victim = subprocess.Popen(cli(args), cwd=tmp_path, env=env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while data_rows(run_dir) < 2 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused = run(args, tmp_path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr
+    assert f"cannot resume from {checkpoint}" in lines[0] and "delete it to restart" in lines[0]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    checkpoint.unlink()  # as the message says: the run starts again from its beginning
+    again = run(args, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [r["eval"] for r in rows(run_dir)] == [str(i) for i in range(9)]
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_refused_sweep_job_does_not_stop_the_others(tmp_path, launcher):
     """Job 0's directory holds another run: it is refused (one line, its files untouched),
@@ -216,6 +299,17 @@ def _bad_inputs():
          "hydra.launcher.n_jobs"),
         ("unwritable-output-dir", ["hydra.run.dir={tmp}/a_file/run"], "output directory"),
         ("unwritable-sweep-dir", ["-m", "K=3,5", "hydra.sweep.dir={tmp}/a_file/sweep"], "output directory"),
+        # impossible across keys, refused before Hydra starts (more in tests/test_limits.py)
+        ("negative-seed", ["seed=-1"], "seed=-1"),
+        ("step-size-overflows", ["optim.lr_power=1000"], "optim.lr_power"),
+        ("presets-swept-together", ["-m", "experiment=copy_fixed,copy_variable", "epochs=0.01"],
+         "run one per launch"),
+        ("jobs-sharing-a-directory", ["-m", "progress=true,false"], "would share the directory"),
+        # impossible once the data is known: refused before anything is written
+        ("tied-weights-on-vectors", ["dataset=linear", "model.tie_weights=true"], "model.tie_weights"),
+        ("estimator-window-longer-than-data", ["dataset.train_length=24"], "method.window"),
+        ("eval-streams-of-one-token", [*ptb, "dataset.eval_batch_size=40000"], "dataset.eval_batch_size"),
+        ("more-eval-streams-than-tokens", [*ptb, "dataset.eval_batch_size=80000"], "dataset.eval_batch_size"),
     ]
     if not torch.cuda.is_available():
         cases.append(("cuda-without-gpu", ["device=cuda"], "device=cuda"))
@@ -238,14 +332,15 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, argv, key):
     started = time.monotonic()
     result = run([*TINY, *argv, *outputs], tmp_path, timeout=120)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("atbptt-run: error:") and key in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert time.monotonic() - started < 60
     assert sorted(p.name for p in REPO.iterdir()) == before_repo  # nothing written outside tmp_path
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    if "dataset=ptb" in argv:  # Hydra made the run dir; the data folder was prepared for a download
-        assert not (tmp_path / "run" / "run.json").exists()
+    if key in ("dataset.data_dir", "checksum mismatch"):  # bad files: no corpus cache either
         assert not (tmp_path / "cache").exists()
-    else:  # refused before Hydra started: nothing written at all
+    if not (tmp_path / "run").exists():  # refused before Hydra started: nothing written at all
         assert after == before
+    else:  # refused once the data was known: the run dir Hydra made stays empty (no .hydra/, no log)
+        assert list((tmp_path / "run").iterdir()) == []

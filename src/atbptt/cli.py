@@ -58,8 +58,9 @@ class SweepReport(Callback):
 
     At the start it names this launch's list of refused jobs, ``<sweep dir>/refused-<pid>.txt``
     (absolute, passed to the jobs in ``ATBPTT_REFUSED_FILE``, so two sweeps into one directory
-    keep separate lists); at the end, if jobs were refused (their directories hold other runs),
-    it exits 2 with one line, so a script notices, while every other job still ran."""
+    keep separate lists); at the end, if jobs were refused (a directory holding another run or
+    in use by another process, or a config that does not fit its data), it exits 2 with one
+    line, so a script notices, while every other job still ran."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         path = Path(os.getcwd(), config.hydra.sweep.dir, f"refused-{os.getpid()}.txt")
@@ -70,50 +71,62 @@ class SweepReport(Callback):
         path = Path(os.environ.pop(REFUSED_ENV, ""))
         refused = path.read_text().splitlines() if path.is_file() else []
         if refused:
-            _fail(f"{len(refused)} sweep job(s) refused, their directories hold different runs "
-                  f"(listed in {path}); the other jobs ran")
+            _fail(f"{len(refused)} sweep job(s) refused, for the reasons printed above "
+                  f"(their directories are listed in {path}); the other jobs ran")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
     from .corpus import DataError
-    from .train import check_run_dir, run
+    from .train import run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
     try:
         config = to_config(cfg)
         if multirun:  # one job per process slot: sweeps share the cores
             config.threads = 1
-        run_dir = Path(hc.runtime.output_dir)
-        try:
-            check_run_dir(config, run_dir)  # a refused run leaves the other run's .hydra/ alone
-        except ConfigError as err:
-            if not multirun:
-                raise
-            # this job only: the other jobs go on, and SweepReport makes the sweep exit 2
-            print(f"atbptt-run: error: job {hc.job.override_dirname or hc.job.num} refused: {err}",
-                  file=sys.stderr, flush=True)
-            listing = os.environ.get(REFUSED_ENV)
-            try:
-                if listing:
-                    with open(listing, "a") as f:  # one short O_APPEND write
-                        f.write(f"{Path(hc.runtime.cwd, run_dir)}\n")
-            except OSError as io_err:
-                print(f"atbptt-run: cannot list the refused job in {listing}: {io_err}",
-                      file=sys.stderr, flush=True)
-            return "refused"
-        save_hydra_files(cfg, run_dir)
-        return run(config, run_dir, Path(hc.runtime.cwd) / "data")
+        # .hydra/ is written only once the run is accepted: a refused run leaves the directory
+        # as it was (another run's .hydra/ included)
+        return run(config, run_dir, Path(hc.runtime.cwd) / "data",
+                   on_start=lambda: save_hydra_files(cfg, run_dir))
     except (ConfigError, DataError) as err:
+        if multirun:  # this job only: the other jobs go on, and SweepReport makes the sweep exit 2
+            return _refuse_job(hc, run_dir, err)
         _fail(str(err))
-    except Exception as err:  # the run recorded status 'failed' in its run.json
+    except Exception as err:  # after acceptance, the run recorded status 'failed' in its run.json
         if not multirun:
             traceback.print_exc()
-            _fail(f"run failed: {type(err).__name__}: {err} (see {hc.runtime.output_dir}/run.json)", 1)
+            _fail(f"run failed: {type(err).__name__}: {err}{_see_run_json(run_dir, err)}", 1)
         print(f"atbptt-run: job {hc.job.override_dirname} failed: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)
         return "failed"  # the other jobs of the sweep go on
+
+
+def _refuse_job(hc, run_dir: Path, err: Exception) -> str:
+    """Print a sweep job's refusal and list its directory in ``ATBPTT_REFUSED_FILE``."""
+    print(f"atbptt-run: error: job {hc.job.override_dirname or hc.job.num} refused: {err}",
+          file=sys.stderr, flush=True)
+    listing = os.environ.get(REFUSED_ENV)
+    try:
+        if listing:
+            with open(listing, "a") as f:  # one short O_APPEND write
+                f.write(f"{Path(hc.runtime.cwd, run_dir)}\n")
+    except OSError as io_err:
+        print(f"atbptt-run: cannot list the refused job in {listing}: {io_err}",
+              file=sys.stderr, flush=True)
+    return "refused"
+
+
+def _see_run_json(run_dir: Path, err: Exception) -> str:
+    """' (see <run.json>)' if the run recorded this failure there, else '' (it failed before
+    it was accepted, and any run.json is an earlier run's)."""
+    from .metrics import read_json
+
+    info = read_json(run_dir / "run.json") or {}
+    recorded = info.get("status") == "failed" and info.get("message") == f"{type(err).__name__}: {err}"
+    return f" (see {run_dir / 'run.json'})" if recorded else ""
 
 
 def main() -> None:

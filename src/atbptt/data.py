@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .config import DatasetConfig, DatasetName
+from .limits import check_corpus_streams
 
 BLANK, START = 0, 1
 
@@ -339,6 +340,7 @@ def make_corpus(cfg: DatasetConfig, default_data_dir: Path, cache_dir: Optional[
     offline = os.environ.get("ATBPTT_OFFLINE", "") not in ("", "0")  # never try to download
     corpus = load_corpus(cfg.name.value, data_dir, cache_dir=cache_dir, download=not offline,
                          progress=progress)
+    check_corpus_streams(cfg, corpus.num_tokens)  # before batchify: at least 2 tokens per stream
     train = lm_split(corpus.train, cfg.batch_size)
     valid = lm_split(corpus.valid, cfg.eval_batch_size)
     test = lm_split(corpus.test, cfg.eval_batch_size)

@@ -7,12 +7,11 @@ evaluation, written atomically); a finished run is left as it is.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -21,11 +20,12 @@ from omegaconf import OmegaConf
 from . import adaptive, artbp, tensorboard_log
 from .config import Config, ConfigError, Device, Logger, MethodName
 from .data import TaskData, load_task
+from .limits import check_data
 from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
-from .models import ModelSpec, RNNModel, num_params
+from .models import ModelSpec, RNNModel, num_params, state_to
+from .rundir import CHECKPOINT, RunDirLock, bad_checkpoint, load_checkpoint, save_checkpoint
 from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_loss
 
-CHECKPOINT = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
 PROGRESS_EVERY = 60.0  # seconds between progress lines between evaluations
 
@@ -207,7 +207,8 @@ class Trainer:
         chunk = self.cfg.dataset.eval_chunk
         valid = evaluate(self.model, data.valid, chunk, self.loss_fn, self.device)
         test = evaluate(self.model, data.test, chunk, self.loss_fn, self.device)
-        est = self.log_estimate()
+        # a non-finite loss ends the run as diverged (eval_and_save); no profile to estimate from
+        est = self.log_estimate() if math.isfinite(valid) and math.isfinite(test) else None
         row = {"eval": p.evals, "epoch": round(self.fraction(), 6), "step": p.step,
                "tokens": p.tokens, "train_loss": train_loss, "valid_loss": valid, "test_loss": test,
                "K": p.K, "lr": self.lr(p.K), "true_rel_bias": self.audit()}
@@ -257,21 +258,22 @@ class Trainer:
             "rng": torch.get_rng_state(), "estimator_rng": self.estimator_rng.get_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
-        path = self.run_dir / CHECKPOINT
-        tmp = path.with_name(CHECKPOINT + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact
+        save_checkpoint(self.run_dir / CHECKPOINT, payload)  # atomic
 
     def load(self, payload: dict) -> None:
+        """Restore a checkpoint loaded onto the CPU (``rundir.load_checkpoint``), whichever
+        device wrote it: tensors move to this run's device, RNG states stay CPU tensors, and
+        the CUDA RNG states are restored only where both runs have CUDA."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.progress = Progress(**payload["progress"])
         pos, anchor, state = payload["walker"]
-        self.walker = Walker(pos, anchor, state)
-        torch.set_rng_state(payload["rng"])
-        self.estimator_rng.set_state(payload["estimator_rng"])
+        self.walker = Walker(pos, anchor, state_to(state, self.device))
+        torch.set_rng_state(payload["rng"].cpu())
+        self.estimator_rng.set_state(payload["estimator_rng"].cpu())
         if payload["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+            for index, cuda_state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state.cpu(), index)
         self.set_K(self.progress.K)
 
     # ----------------------------------------------------------------------- the loop
@@ -321,6 +323,7 @@ class Trainer:
         self.metrics.append(row)
         self.sync_tensorboard()
         self.last_row = row
+        _check_eval_finite(row)
         p.evals += 1
         self.save()
 
@@ -358,7 +361,17 @@ def _check_finite(loss_acc: torch.Tensor) -> float:
     return value
 
 
+def _check_eval_finite(row: Dict[str, object]) -> None:
+    """A NaN or inf valid or test loss ends the run as diverged (after its row is logged)."""
+    for split in ("valid", "test"):
+        value = row[f"{split}_loss"]
+        if not math.isfinite(value):
+            raise Diverged(f"{split} loss became {value} at evaluation {row['eval']}")
+
+
 def _ppl(loss: float) -> float:
+    if not math.isfinite(loss):
+        return math.nan  # a diverged evaluation: NaN, not a perplexity of inf
     return math.exp(loss) if loss < 700 else math.inf
 
 
@@ -456,25 +469,53 @@ def check_run_dir(cfg: Config, run_dir: Path) -> Optional[dict]:
 
 
 def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
-        cache_dir: Optional[Path] = None) -> str:
-    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info_path, ckpt_path = run_dir / "run.json", run_dir / CHECKPOINT
+        cache_dir: Optional[Path] = None, on_start: Optional[Callable[[], None]] = None) -> str:
+    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status.
+
+    Whatever can refuse the run is checked before anything is written, so that a refused run
+    leaves the directory as it was: another run in the directory, the limits that depend on the
+    data (``limits.check_data``), an unusable checkpoint, and another process on the directory
+    (``rundir.RunDirLock``, then held until the run ends). ``on_start`` is called once the run
+    is accepted, before its first write (the CLI writes ``.hydra/`` there)."""
     info = check_run_dir(cfg, run_dir)
-    if info is not None and info["status"] in ("finished", "diverged"):
-        if info["status"] == "finished":  # killed between run.json and the checkpoint's removal
-            ckpt_path.unlink(missing_ok=True)
-        print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
+    if _already_over(info, run_dir):
         return str(info["status"])
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormals slow a diverging run tenfold
     device = resolve_device(cfg.device)
     data = load_task(cfg.dataset, default_data_dir, cache_dir, progress=cfg.progress)
+    check_data(cfg, data)
     model = build_model(cfg, data, device)
     torch.manual_seed(cfg.seed + 1)  # training randomness (dropout); restored on resume
     trainer = Trainer(cfg, run_dir, data, model, device)
-    if ckpt_path.exists() and info is not None:
-        trainer.load(torch.load(ckpt_path, map_location=device, weights_only=False))
+    resume = info is not None and (run_dir / CHECKPOINT).exists()
+    if resume:  # read before the lock: checkpoints are replaced atomically, and one older than
+        _restore(trainer, run_dir / CHECKPOINT)  # the last is still consistent with metrics.csv
+    with RunDirLock(run_dir):
+        latest = check_run_dir(cfg, run_dir)  # another process may have run it meanwhile
+        if _already_over(latest, run_dir):
+            return str(latest["status"])
+        return _start(trainer, latest or info, resume, on_start)
+
+
+def _already_over(info: Optional[dict], run_dir: Path) -> bool:
+    """A finished or diverged run is left as it is; running it again says so."""
+    if info is None or info["status"] not in ("finished", "diverged"):
+        return False
+    if info["status"] == "finished":  # killed between run.json and the checkpoint's removal
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
+    return True
+
+
+def _start(trainer: Trainer, info: Optional[dict], resume: bool,
+           on_start: Optional[Callable[[], None]]) -> str:
+    """Write the run's files (resumed from its restored checkpoint, or afresh); train."""
+    cfg, run_dir, device, data = trainer.cfg, trainer.run_dir, trainer.device, trainer.data
+    info_path = run_dir / "run.json"
+    if on_start is not None:
+        on_start()
+    if resume:
         trainer.metrics.truncate(trainer.progress.evals)
         _say(cfg, f"resuming {run_dir} at epoch {trainer.fraction():.3f} ({trainer.progress.evals} evaluations)")
         commit = git_commit(Path(__file__).resolve().parent)
@@ -483,6 +524,7 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
                   f"and is resumed by {commit[:10]}; the result may differ from an uninterrupted "
                   "run by rounding", file=sys.stderr, flush=True)
             info["resumed_by_commits"] = [*info.get("resumed_by_commits", []), commit]
+        _note_resume_changes(info, run_dir, cfg.threads, device)
     else:
         trainer.metrics.truncate(0)
         info = _run_info(cfg, data, trainer.model, device)
@@ -491,6 +533,29 @@ def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
     _say(cfg, f"{data.name}: {info['model']}, {info['num_params']:,} parameters, {device}, "
               f"method={cfg.method.name.value} K={cfg.K} delta={cfg.delta} -> {run_dir}")
     return _finish(trainer, info, info_path)
+
+
+def _restore(trainer: Trainer, ckpt_path: Path) -> None:
+    """Load the checkpoint into ``trainer``; one-line ``RunDirError`` if it cannot be used."""
+    payload = load_checkpoint(ckpt_path)
+    try:
+        trainer.load(payload)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # shapes, keys, types
+        raise bad_checkpoint(ckpt_path, err) from None
+
+
+def _note_resume_changes(info: dict, run_dir: Path, threads: int, device: torch.device) -> None:
+    """Resumed with other ``threads`` or on another device type than the run last ran with:
+    the result may then differ from an uninterrupted run by rounding. Say so on stderr and
+    record it in run.json (``resumed_with_threads``, ``resumed_on_devices``: one entry per change)."""
+    for key, now, record in (("threads", threads, "resumed_with_threads"),
+                             ("device", device.type, "resumed_on_devices")):
+        before = (info.get(record) or [info.get(key)])[-1]
+        if before is not None and before != now:
+            print(f"atbptt-run: warning: {run_dir} ran with {key}={before} so far and is resumed "
+                  f"with {key}={now}; the result may differ from an uninterrupted run by rounding",
+                  file=sys.stderr, flush=True)
+            info[record] = [*info.get(record, []), now]
 
 
 def _finish(trainer: Trainer, info: dict, info_path: Path) -> str:

@@ -2,20 +2,24 @@
 
 ``precheck(argv)`` composes the config for every value of every command-line override (sweep
 values one at a time) with Hydra's compose API and returns a one-line message naming the key
-and what is allowed, or ``None``. ``to_config`` turns a composed config into typed objects.
+and what is allowed, or ``None``. For a sweep it then composes every job as Hydra's basic
+sweeper will (``check_sweep_jobs``): each must be valid, and no two may share a directory.
+``to_config`` turns a composed config into typed objects and checks the limits that span keys.
 """
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import Config, ConfigError, register_configs
+from .limits import check_config
 
 GROUPS = ("dataset", "model", "method", "experiment", "setting")
 # flags after which Hydra does not run a job (help, printing the config, completion...)
@@ -28,12 +32,15 @@ def group_options(group: str) -> List[str]:
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """Typed ``Config`` (runs every ``__post_init__`` check); raises ``ConfigError``."""
+    """Typed ``Config`` (runs every ``__post_init__`` check, then ``limits.check_config``);
+    raises ``ConfigError``."""
     try:
-        return OmegaConf.to_object(cfg)
+        config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
         raise ConfigError(_first_line(cause)) from err
+    check_config(config)
+    return config
 
 
 def _first_line(err: BaseException) -> str:
@@ -109,7 +116,11 @@ def precheck(argv: List[str]) -> Optional[str]:
             return f"{o.input_line}: {message}"
         choices[o.input_line] = [f"{'+' if o.is_add() else ''}{key}={v}" for v in values]
         plain.append(choices[o.input_line][0])
-    return _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args)
+    message = _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args)
+    if message or not multirun:
+        return message
+    task = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
+    return check_group_sweeps(argv, parsed) or check_sweep_jobs(task, hydra_args)
 
 
 def _check_modes(argv: List[str]) -> Optional[str]:
@@ -138,7 +149,7 @@ def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) 
         return "deleting keys is not supported"
     if key in GROUPS or key.split("@")[0] in GROUPS:
         options = group_options(key.split("@")[0])
-        bad = [v for v in values if v not in options and v != "null"]
+        bad = [v for v in values if v not in options]  # null too: Hydra cannot compose it
         if bad:
             return f"unknown {key} '{bad[0]}'; allowed: {', '.join(options)}"
         return None
@@ -185,3 +196,92 @@ def _check_logger(config: Config) -> None:
         from .tensorboard_log import require
 
         require()
+
+
+# ------------------------------------------------------------------------------ sweeps
+def check_group_sweeps(argv: List[str], parsed) -> Optional[str]:
+    """A sweep over group options that carry their own sweeps (``-m experiment=a,b``) would run
+    one job per option, not their grids: refused, with the commands that run each grid."""
+    for o in parsed:
+        group = o.key_or_group.split("@")[0]
+        if not o.is_sweep_override() or group not in GROUPS:
+            continue
+        prefix = "+" if o.is_add() else ""
+        values = list(o.sweep_string_iterator())
+        if any(_carries_sweep(f"{prefix}{o.key_or_group}={v}") for v in values):
+            commands = "; ".join(shlex.join(["atbptt-run", *(f"{prefix}{o.key_or_group}={v}"
+                                                            if a == o.input_line else a for a in argv)])
+                                 for v in values)
+            return (f"{o.input_line}: each {group} option carries its own sweep, and one launch "
+                    f"runs one sweep; run one per launch: {commands}")
+    return None
+
+
+def _carries_sweep(override: str) -> bool:
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
+    return bool(cfg.hydra.sweeper.params)
+
+
+def sweep_jobs(task: List[str], hydra_args: List[str]) -> List[List[str]]:
+    """The overrides of every job, as Hydra's basic sweeper expands them: the preset's
+    ``hydra.sweeper.params`` first, replaced by the command line's values for the same key."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(task) if not o.is_sweep_override()]
+    master = compose(config_name="config", overrides=[*hydra_args, *fixed], return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]), None)
+    return jobs
+
+
+def check_sweep_jobs(task: List[str], hydra_args: List[str]) -> Optional[str]:
+    """Compose each job of a sweep: its config must be valid, and its directory
+    (``hydra.sweep.subdir``) its own."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    _register_dirname_resolver()
+    seen: Dict[str, str] = {}
+    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+        for num, job in enumerate(sweep_jobs(task, hydra_args)):
+            name = ",".join(job) or "(no overrides)"
+            try:
+                cfg = compose(config_name="config", overrides=[*hydra_args, *job], return_hydra_config=True)
+                subdir = _job_subdir(cfg, num)
+            except Exception as err:  # noqa: BLE001 - composition errors name the override
+                return f"job {name}: {_first_line(err)}"
+            if subdir in seen:
+                excluded = ", ".join(cfg.hydra.job.config.override_dirname.exclude_keys)
+                return (f"jobs {seen[subdir]} and {name} of this sweep would share the directory "
+                        f"'{subdir or '.'}' under hydra.sweep.dir: sweep only over keys that name "
+                        f"the directory (not {excluded}), or set hydra.sweep.subdir")
+            seen[subdir] = name
+            with open_dict(cfg):
+                del cfg["hydra"]
+            try:
+                to_config(cfg)
+            except ConfigError as err:
+                return f"job {name}: {err}"
+    return None
+
+
+def _job_subdir(cfg: DictConfig, num: int) -> str:
+    """``hydra.sweep.subdir`` as the launcher resolves it for job ``num``."""
+    with open_dict(cfg):
+        cfg.hydra.job.num = num
+        cfg.hydra.job.id = num
+    return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+
+
+def _register_dirname_resolver() -> None:
+    if not OmegaConf.has_resolver("short_dirname"):
+        from .cli import short_dirname  # importing the CLI registers it
+
+        OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
