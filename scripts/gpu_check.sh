@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (at most ~8 minutes) for a session that has a lent GPU.
+# One prepared GPU check (at most ~8 minutes) for a machine with a CUDA GPU.
 #
 #   here:    bash scripts/gpu_check.sh --prepare   # wheels for hydra/omegaconf -> .whl/, PTB -> .gpudata/
 #   device:  run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gpudata"], timeout_s=540)
