@@ -6,6 +6,7 @@ evaluation, written atomically); a finished run is left as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -386,8 +387,10 @@ def _estimate_record(est: "adaptive.Estimate", delta: float) -> dict:
                          for b, (rel, k) in est.by_bound.items()}}
 
 
-def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, device) -> float:
-    """True relative bias of TBPTT(K) on fresh estimation windows (``method.audit``)."""
+@contextlib.contextmanager
+def _eval_windows(model: RNNModel, split, cfg: Config, generator, device):
+    """Fresh estimation windows in eval mode: yields ``(x, y, state)``, the ``window`` steps
+    of ``num_windows`` windows and their state after a ``burn_in`` run without gradient."""
     m = cfg.method
     was_training = model.training
     model.eval()
@@ -399,31 +402,24 @@ def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, 
         if m.burn_in > 0:
             with torch.no_grad():
                 _, state = model.recur(x[:m.burn_in], state)
-        return adaptive.true_relative_bias(model, x[m.burn_in:], y[m.burn_in:], state, loss_fn,
-                                           min(K, m.window))
+        yield x[m.burn_in:], y[m.burn_in:], state
     finally:
         model.train(was_training)
+
+
+def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, device) -> float:
+    """True relative bias of TBPTT(K) on fresh estimation windows (``method.audit``)."""
+    with _eval_windows(model, split, cfg, generator, device) as (x, y, state):
+        return adaptive.true_relative_bias(model, x, y, state, loss_fn, min(K, cfg.method.window))
 
 
 def artbp_variance(model: RNNModel, split, cfg: Config, schedule: "artbp.Schedule", loss_fn,
                    generator, device) -> float:
     """ARTBP's gradient relative variance (``artbp.relative_variance``) on fresh estimation
     windows: ``num_windows`` windows of ``window`` steps after a ``burn_in``, eval mode."""
-    m = cfg.method
-    was_training = model.training
-    model.eval()
-    try:
-        x, y = adaptive.sample_windows(split.inputs, split.targets, m.burn_in + m.window,
-                                       m.num_windows, generator)
-        x, y = x.to(device), y.to(device)
-        state = model.init_state(m.num_windows, device)
-        with torch.no_grad():
-            if m.burn_in > 0:
-                _, state = model.recur(x[:m.burn_in], state)
-        return artbp.relative_variance(model, x[m.burn_in:], y[m.burn_in:], state, loss_fn,
-                                       schedule, m.artbp_draws, generator)
-    finally:
-        model.train(was_training)
+    with _eval_windows(model, split, cfg, generator, device) as (x, y, state):
+        return artbp.relative_variance(model, x, y, state, loss_fn, schedule,
+                                       cfg.method.artbp_draws, generator)
 
 
 # ---------------------------------------------------------------------------- one run
