@@ -2,7 +2,6 @@
 with one line before anything is written, and a property test over every schema key."""
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 import tempfile
@@ -17,7 +16,7 @@ from atbptt import train
 from atbptt.config import Config, ConfigError, DatasetConfig, DatasetName
 from atbptt.corpus import DataError
 from atbptt.data import load_task
-from atbptt.limits import check_corpus_streams, check_data
+from atbptt.limits import _fields, check_corpus_streams, check_data
 from atbptt.validate import precheck
 from conftest import TINY, checked_config, tiny_config
 
@@ -88,16 +87,7 @@ def test_corpus_streams_need_two_tokens_each():
 
 
 # ------------------------------------------------------------------- property-based test
-def _leaves(node, prefix=""):
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _leaves(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value
-
-
-SCHEMA = dict(_leaves(Config()))
+SCHEMA = dict(_fields(Config()))  # every leaf key of the schema
 JUNK = ["abc", "", "nan", "inf", "-inf", "1e300", "-1", "-1e-9", "0", "0.5", "3", str(10 ** 30),
         str(2 ** 63), "true", "null"]
 SYNTHETIC = ["copy", "copy_variable", "linear", "var"]  # corpora: tests/test_reliability.py
