@@ -401,3 +401,15 @@ def test_floor_table_fills_runs_that_did_not_record_theirs(tmp_path):
     aggregate.fill_floor(recorded, floors)  # a run's own record wins
     assert aggregate.ppl_floor(recorded, "test") == pytest.approx(1.3)
     assert aggregate.read_floor_table(tmp_path / "absent.csv") == {}
+
+
+def test_git_commit_outside_a_checkout_uses_the_declared_commit(tmp_path, monkeypatch):
+    from atbptt.metrics import git_commit
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.delenv("ATBPTT_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("ATBPTT_GIT_COMMIT", "ead9a11")
+    assert git_commit(tmp_path) == "ead9a11 (declared)"
+    # inside a checkout, git wins over the declaration
+    here = git_commit(Path(__file__).resolve().parent)
+    assert "(declared)" not in here and here != "unknown"

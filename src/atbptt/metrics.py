@@ -98,16 +98,25 @@ def now_iso() -> str:
 
 
 def git_commit(where: Path) -> str:
-    """The commit of the checkout holding this package ('unknown' for a regular install)."""
+    """The commit of the checkout holding this package.
+
+    Outside a git checkout (a regular install, or a copy of the tree without `.git`, as on a
+    remote GPU machine) it is the environment variable ``ATBPTT_GIT_COMMIT`` when set, with
+    ``"(declared)"`` appended so a reader knows it was not read from git; else ``"unknown"``.
+    """
+    declared = os.environ.get("ATBPTT_GIT_COMMIT", "").strip()
+    fallback = f"{declared} (declared)" if declared else "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
                              text=True, timeout=10)
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        if out.returncode != 0:
+            return fallback
+        commit = out.stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty and commit != "unknown" else "")
+        return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def hardware() -> Dict[str, object]:
