@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 for setting in K10 K50 K100 delta0.9 delta0.5 delta0.1; do
   timeout $((BUDGET + 200)) $PY -m atbptt.cli experiment=ptb_paper +setting=$setting seed=0 device=cuda \
     max_time=$BUDGET evals_per_epoch=2 progress=false \
-    "hydra.run.dir=$OUTDIR/+setting=$setting,seed=0" > "$OUTDIR/$setting.log" 2>&1 &
+    "hydra.run.dir=$OUTDIR/$setting" > "$OUTDIR/$setting.log" 2>&1 &
 done
 wait
 rm -f "$OUTDIR"/*/checkpoint.pt "$OUTDIR"/*/run.lock
