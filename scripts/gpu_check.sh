@@ -2,7 +2,7 @@
 # One prepared GPU check (at most ~8 minutes) for a machine with a CUDA GPU.
 #
 #   here:    bash scripts/gpu_check.sh --prepare   # wheels for hydra/omegaconf -> .whl/, PTB -> .gpudata/
-#   device:  run(command="GPU_CHECK_COMMIT=<sha> bash scripts/gpu_check.sh", carry=[".whl", ".gpudata"], timeout_s=540)
+#   device:  run(command="ATBPTT_GIT_COMMIT=<sha> bash scripts/gpu_check.sh", carry=[".whl", ".gpudata"], timeout_s=540)
 #
 # On the GPU machine (its python3 already holds torch with CUDA) it installs atbptt and the
 # carried wheels into /tmp/site, then:
@@ -16,9 +16,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
-  mkdir -p "$(git rev-parse --git-path info)"
-  grep -qxF "/.whl/" .git/info/exclude || echo "/.whl/" >> .git/info/exclude
-  grep -qxF "/.gpudata/" .git/info/exclude || echo "/.gpudata/" >> .git/info/exclude
+  exclude=$(git rev-parse --git-path info/exclude)
+  mkdir -p "$(dirname "$exclude")"
+  grep -qxF "/.whl/" "$exclude" || echo "/.whl/" >> "$exclude"
+  grep -qxF "/.gpudata/" "$exclude" || echo "/.gpudata/" >> "$exclude"
   mkdir -p .whl .gpudata && cp -r "${ATBPTT_DATA:-../shared/data}/ptb" .gpudata/
   # PyYAML, pandas, matplotlib, hypothesis and torch are already in the GPU image (python3.12)
   for pkg in hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3; do
@@ -36,15 +37,10 @@ fi
 OUTDIR=results/gpu
 [ -n "${OUT:-}" ] && OUTDIR=/tmp/gpu_check
 mkdir -p "$OUTDIR" results/gpu
-export ATBPTT_DATA="${ATBPTT_DATA:-$(pwd)/.gpudata}" PYTHONUNBUFFERED=1
-PY=python3
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-fi
-$PY -m pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$(pwd)/tests
+source scripts/gpu_env.sh
+export PYTHONPATH=$PYTHONPATH:$(pwd)/tests
 {
-  echo "date: $(date -u +%FT%TZ)"; echo "commit: ${GPU_CHECK_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
+  echo "date: $(date -u +%FT%TZ)"; echo "commit: ${ATBPTT_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } > "$OUTDIR/device.txt" 2>&1

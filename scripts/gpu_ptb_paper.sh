@@ -2,29 +2,23 @@
 # A time-boxed ptb_paper sweep on one CUDA GPU: the preset's six fixed-K and adaptive-delta
 # settings (K10 K50 K100 delta0.9 delta0.5 delta0.1; LSTM 1x900, tied, dropout 0.2, the paper's
 # initialization and the norm_sum stand-in), run side by side as six processes sharing the GPU,
-# each stopped after BUDGET seconds of training (default 280; the paper gives each run 3 h).
+# each stopped after BUDGET seconds of training (default 300; the paper gives each run 3 h).
 #
 #   here:    bash scripts/gpu_check.sh --prepare   # wheels for hydra/omegaconf -> .whl/, PTB -> .gpudata/
-#   device:  run(command="ATBPTT_GIT_COMMIT=<sha> bash scripts/gpu_ptb_paper.sh 280",
+#   device:  run(command="ATBPTT_GIT_COMMIT=<sha> bash scripts/gpu_ptb_paper.sh 300",
 #                carry=[".whl", ".gpudata"], timeout_s=540)
-#   then:    python scripts/aggregate.py --runs <unpacked folder> --out results --experiment ptb_paper_gpu
+#   then:    python scripts/aggregate.py --runs <unpacked folder> --out results --experiment ptb_paper
 #
 # The run directories (checkpoints removed) are written under results/gpu/ptb_paper_sweep/, or,
 # when $OUT is set, packed into $OUT/ptb_paper_sweep.tar.gz. Outside a git checkout the commit
 # recorded in run.json is ATBPTT_GIT_COMMIT, marked "(declared)".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUDGET=${1:-280}
+BUDGET=${1:-300}
 OUTDIR=results/gpu/ptb_paper_sweep
 [ -n "${OUT:-}" ] && OUTDIR=/tmp/ptb_paper_sweep
 mkdir -p "$OUTDIR"
-export ATBPTT_DATA="${ATBPTT_DATA:-$(pwd)/.gpudata}" PYTHONUNBUFFERED=1
-PY=python3
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-fi
-$PY -m pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1
-export PYTHONPATH=/tmp/site
+source scripts/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUTDIR/device.txt" 2>&1
 for setting in K10 K50 K100 delta0.9 delta0.5 delta0.1; do
   timeout $((BUDGET + 200)) $PY -m atbptt.cli experiment=ptb_paper +setting=$setting seed=0 device=cuda \
