@@ -40,25 +40,19 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import BetaMethod, GradNormBound
+from .config import Average, BetaMethod, GradNormBound, Lag0
+
+DELTAS = (1.0, 0.9, 0.5, 0.1)  # K̂(δ) is computed and logged for these δ (NOTES §3)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOG_FLOOR = -50.0  # log φ̂ at or below this counts as numerically zero (NOTES §3 step 3)
 QUANTILE = 0.95  # 'quantile' β̂: this quantile of the pairwise tail slopes
-
-
-class Lag0(str, Enum):
-    """Which state a profile calls lag 0 (module docstring; NOTES §3, lag convention)."""
-
-    state_after_step = "state_after_step"  # s_W, returned by the last step: the paper's formulas
-    state_entering_step = "state_entering_step"  # s_{W-1}: the authors' code; readout not via s_W
 
 
 @runtime_checkable
@@ -252,7 +246,7 @@ def _per_window_gradients(grads: list, states: list) -> Tensor:
 # ----------------------------------------------------------------------------- profile
 
 def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
-                      loss_fn: LossFn) -> Profile:
+                      loss_fn: LossFn, lag0: Lag0 | str | None = None) -> Profile:
     """φ_k per window and G_k, from ONE backward pass (NOTES §3 steps 1–2).
 
     ``inputs``/``targets``: ``[W, S, ...]`` (time-major, W ≥ 1 lags, S windows); ``state``:
@@ -262,8 +256,12 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
     ``phi[k, s] = ‖∂L_s/∂state at lag k‖`` (all layers' h and c concatenated) and ``cum [W]``
     with ``cum[k] = ‖mean_s Σ_{j≤k} ∂L_s/∂state at lag j‖``, both float64 on the CPU, in the
     loss's units (a mean-reduced loss: 1/S of the per-window values); ``lag0`` says whether
-    lag 0 is the state after the last step or the one entering it. Raises ValueError if the
-    loss has another shape, depends on no state, or ``forward`` detaches its state."""
+    lag 0 is the state after the last step or the one entering it: ``lag0=None`` finds out
+    (``state_after_step`` when the loss reads the returned state), ``state_entering_step``
+    takes the authors' convention whatever the model (lag k = ``s_{W-1-k}``; module docstring),
+    ``state_after_step`` insists on ``s_W``. Raises ValueError if the loss has another shape,
+    depends on no state, ``forward`` detaches its state, or ``lag0=state_after_step`` is asked
+    of a model whose loss does not read the state the last step returns."""
     W = inputs.shape[0]
     with _profile_backend(model, inputs), torch.enable_grad():
         # a leaf that requires grad keeps every later state in the graph even if no
@@ -277,7 +275,12 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
         states.append(state)
         loss, scalar = _window_loss(loss_fn, out, targets[-1])
         grads = _state_gradients(loss, states)  # s_0 .. s_W
-    lag0 = _lag0(grads)
+    found = _lag0(grads)
+    lag0 = found if lag0 is None else Lag0(lag0)
+    if lag0 == Lag0.state_after_step and found != lag0:
+        raise ValueError("lag0=state_after_step: the last-step loss does not read the state the "
+                         "last step returns (its readout reads the output sequence); use "
+                         "lag0=state_entering_step or None")
     pick = slice(1, W + 1) if lag0 == Lag0.state_after_step else slice(0, W)
     grad = _per_window_gradients(grads[pick], states[pick])  # (W lags, S, D), lag 0 first
     phi = grad.norm(dim=2)
@@ -434,12 +437,31 @@ def geometric_tail(phi_mean, beta_hat: float, tau: int) -> np.ndarray:
         return phi_mean[tau] * np.exp((k - tau) * math.log(beta_hat))
 
 
-def choose_K(rel_bias, delta: float, k_min: int, k_max: int) -> int:
-    """K̂(δ): smallest K with δ̂(K) < δ, else the window's largest K; clamped (§3 step 6)."""
+def k_hat(rel_bias, delta: float) -> int:
+    """K̂(δ) unclamped: the smallest K with δ̂(K) < δ, else the window's largest K, W
+    (NOTES §3 step 6). ``rel_bias[K-1] = δ̂(K)``, K = 1..W."""
     rel_bias = np.asarray(rel_bias, dtype=float)
     below = np.flatnonzero(rel_bias < delta)
-    K = int(below[0]) + 1 if below.size else rel_bias.size
-    return int(min(max(K, k_min), k_max))
+    return int(below[0]) + 1 if below.size else int(rel_bias.size)
+
+
+def clamp_K(K: float, k_min: int, k_max: int) -> int:
+    """``int(K)`` (truncated, as the authors' ``int(mean)``) clamped to [k_min, k_max]."""
+    return int(min(max(int(K), k_min), k_max))
+
+
+def choose_K(rel_bias, delta: float, k_min: int, k_max: int) -> int:
+    """K̂(δ) of one estimate, clamped to [k_min, k_max] (NOTES §3 step 6)."""
+    return clamp_K(k_hat(rel_bias, delta), k_min, k_max)
+
+
+def average_K(k_hats: Sequence[int], k_min: int, k_max: int) -> int:
+    """The authors' K from several estimates (NOTES §3 step 6): the mean of the **unclamped**
+    K̂ values, truncated to an integer, then clamped to [k_min, k_max]. Raises ValueError on
+    an empty sequence."""
+    if len(k_hats) == 0:
+        raise ValueError("average_K needs at least one K̂ value")
+    return clamp_K(float(np.mean(k_hats)), k_min, k_max)
 
 
 # ----------------------------------------------------------------------------- full estimate
@@ -462,14 +484,22 @@ def sample_windows(inputs: Tensor, targets: Tensor, length: int, num_windows: in
 
 @dataclass
 class Estimate:
-    """One K̂ estimate, averaged over ``num_estimates`` independent profiles.
+    """One estimate of K̂(δ) from ``num_estimates`` independent profiles (NOTES §3 step 6).
 
-    ``phi``: φ̂ over all windows of all profiles; ``cum``: G (``grad`` stand-in) averaged over
-    profiles; ``beta_hat``: mean of the per-profile β̂; ``rel_bias``: δ̂(K), K = 1..W, under
-    ``grad_norm_bound``, recomputed from the pooled φ̂ and G with that mean β̂ (so
-    ``rel_bias``, ``tail`` and ``beta_hat`` agree; with one profile it is exactly
-    ``relative_bias``); ``K_hat``: per-profile K̂(δ) averaged and rounded, as the authors
-    average K̂ over independent estimates. ``by_bound`` holds ``(rel_bias, K_hat)`` under
+    ``phi`` ``[W]``: φ̂ over all windows of all profiles; ``cum`` ``[W]``: G (``grad``
+    stand-in) averaged over profiles; ``beta_hat``: mean of the per-profile β̂ (``betas``);
+    ``tail``: the geometric tail of that β̂ (for plots). How the profiles become ``rel_bias``
+    (δ̂(K), K = 1..W) and ``K_hat`` (per δ) is ``average``:
+
+    - ``Average.k_hat`` (the authors'): ``K_hat`` = ``average_K`` of the per-profile unclamped
+      K̂ values (mean, truncated, clamped); ``rel_bias`` = the mean of the per-profile δ̂ curves
+      (what the authors log).
+    - ``Average.profiles``: ``rel_bias`` from the pooled φ̂ and G with the mean β̂, ``K_hat``
+      = ``choose_K`` of it.
+
+    With one profile both are exactly ``relative_bias`` and ``choose_K``. ``k_hats`` holds the
+    per-profile unclamped K̂ and ``rel_biases`` ``[N, W]`` the per-profile δ̂ curves (chosen
+    stand-in). ``by_bound`` holds ``(rel_bias, K_hat)`` under
     each stand-in, from the same profiles, so the two can be compared. ``lag0``: the
     profiles' lag convention (``Lag0``; the module docstring says what it means for K)."""
 
@@ -485,6 +515,9 @@ class Estimate:
     grad_norm_bound: GradNormBound = GradNormBound.grad
     by_bound: Dict[GradNormBound, Tuple[np.ndarray, Dict[float, int]]] = field(default_factory=dict)
     lag0: Lag0 = Lag0.state_after_step
+    average: Average = Average.k_hat
+    k_hats: Dict[float, list] = field(default_factory=dict)
+    rel_biases: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def delta_hat(self, K: int, grad_norm_bound: GradNormBound | str | None = None) -> float:
         """δ̂(K) under ``grad_norm_bound`` (default: the estimate's own stand-in); beyond the
@@ -521,7 +554,7 @@ def initial_state(model: nn.Module, batch_size: int, device: torch.device,
 
 
 def _profile_once(model, inputs, targets, *, window, burn_in, num_windows, loss_fn,
-                  generator, device, init_state=None) -> Profile:
+                  generator, device, init_state=None, lag0=None) -> Profile:
     """Sample windows, burn in from a zero state without grad, profile the last W steps."""
     x, y = sample_windows(inputs, targets, burn_in + window, num_windows, generator)
     x, y = x.to(device), y.to(device)
@@ -529,18 +562,19 @@ def _profile_once(model, inputs, targets, *, window, burn_in, num_windows, loss_
                          requires_grad=False)
     with torch.no_grad():
         state = _advance(model, x[:burn_in], state)
-    return grad_norm_profile(model, x[burn_in:], y[burn_in:], state, loss_fn)
+    return grad_norm_profile(model, x[burn_in:], y[burn_in:], state, loss_fn, lag0)
 
 
 def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, burn_in: int,
              num_windows: int, loss_fn: LossFn, generator: torch.Generator,
              num_estimates: int = 1, beta_method: BetaMethod | str = BetaMethod.ols,
-             tau: Optional[int] = None, deltas: Sequence[float] = (1.0, 0.9, 0.5, 0.1),
+             tau: Optional[int] = None, deltas: Sequence[float] = DELTAS,
              k_min: int = 1, k_max: Optional[int] = None,
              device: torch.device | str | None = None,
              grad_norm_bound: GradNormBound | str = GradNormBound.grad,
-             init_state: Optional[Callable[[int], Any]] = None) -> Estimate:
-    """K̂(δ) and δ̂(K) from ``num_estimates`` fresh profiles (Algorithm 1; NOTES §3).
+             init_state: Optional[Callable[[int], Any]] = None,
+             average: Average | str = Average.k_hat, lag0: Lag0 | str | None = None) -> Estimate:
+    """K̂(δ) and δ̂(K) from ``num_estimates`` independent profiles (Algorithm 1; NOTES §3).
 
     ``inputs``/``targets``: a training split ``[T, B, ...]`` (time-major streams, T ≥
     ``burn_in + window``); each profile draws ``num_windows`` windows of ``burn_in + window``
@@ -549,44 +583,56 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
     per window, or their mean or sum: the same δ̂ and K̂). ``model``: any module
     ``forward(x, state) -> (out, state)`` (``RecurDecode`` for the fast path).
     ``grad_norm_bound`` picks the stand-in behind ``rel_bias`` and ``K_hat`` (``grad`` or
-    ``norm_sum``, see ``relative_bias``); both are computed, in ``by_bound``.
+    ``norm_sum``, see ``relative_bias``); both are computed, in ``by_bound``. ``average``:
+    how the profiles are combined (``Estimate``); ``lag0``: as in ``grad_norm_profile``.
     Never changes the global RNG (training randomness is unaffected): windows come from
     ``generator``, and in training mode the dropout masks from a seed drawn from it. The caller
     sets the mode (the authors profile in training mode, dropout active). ``seconds`` is the
-    wall clock."""
+    wall clock. Raises ValueError on a bad argument or a NaN profile."""
+    if num_estimates < 1 or num_windows < 1 or window < 1 or burn_in < 0:
+        raise ValueError(f"need num_estimates >= 1 (got {num_estimates}), num_windows >= 1 "
+                         f"(got {num_windows}), window >= 1 (got {window}), burn_in >= 0 "
+                         f"(got {burn_in})")
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(model, inputs)
     k_max = window if k_max is None else k_max
     tau = _default_tau(window, tau, burn_in)
-    chosen = GradNormBound(grad_norm_bound)
+    chosen, average = GradNormBound(grad_norm_bound), Average(average)
     phis, cums, betas = [], [], []
-    ks = {b: {d: [] for d in deltas} for b in GradNormBound}
-    lag0 = Lag0.state_after_step
+    rels = {b: [] for b in GradNormBound}
+    found = Lag0.state_after_step
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         for _ in range(num_estimates):
             profile = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
                                     num_windows=num_windows, loss_fn=loss_fn,
-                                    generator=generator, device=device, init_state=init_state)
-            phi, cum, lag0 = profile.phi, profile.cum, profile.lag0
+                                    generator=generator, device=device, init_state=init_state,
+                                    lag0=lag0)
+            phi, cum, found = profile.phi.numpy(), profile.cum.numpy(), profile.lag0
             for bound in GradNormBound:
-                beta, rel = relative_bias(phi.numpy(), cum.numpy(), beta_method, tau,
-                                          grad_norm_bound=bound)
-                for d in deltas:
-                    ks[bound][d].append(choose_K(rel, d, k_min, k_max))
-            phis.append(phi.numpy().mean(axis=1))
-            cums.append(cum.numpy())
+                beta, rel = relative_bias(phi, cum, beta_method, tau, grad_norm_bound=bound)
+                rels[bound].append(rel)
+            phis.append(phi.mean(axis=1))
+            cums.append(cum)
             betas.append(beta)  # β̂ does not depend on the stand-in
     phi_mean, cum_mean, beta_hat = np.mean(phis, 0), np.mean(cums, 0), float(np.mean(betas))
-    E = bias_bound(phi_mean, beta_hat, tau)
-    by_bound = {b: (_relative_from_bound(E, lower_bound_curve(phi_mean, cum_mean, b)),
-                    {d: int(math.floor(np.mean(v) + 0.5)) for d, v in ks[b].items()})
-                for b in GradNormBound}
+    k_hats = {b: {d: [k_hat(r, d) for r in rels[b]] for d in deltas} for b in GradNormBound}
+    if average == Average.k_hat:
+        by_bound = {b: (np.mean(rels[b], axis=0),
+                        {d: average_K(k, k_min, k_max) for d, k in k_hats[b].items()})
+                    for b in GradNormBound}
+    else:
+        E = bias_bound(phi_mean, beta_hat, tau)
+        pooled = {b: _relative_from_bound(E, lower_bound_curve(phi_mean, cum_mean, b))
+                  for b in GradNormBound}
+        by_bound = {b: (rel, {d: choose_K(rel, d, k_min, k_max) for d in deltas})
+                    for b, rel in pooled.items()}
     rel_bias, K_hat = by_bound[chosen]
     return Estimate(phi=phi_mean, cum=cum_mean, beta_hat=beta_hat, rel_bias=rel_bias,
                     K_hat=K_hat, tail=geometric_tail(phi_mean, beta_hat, tau), tau=tau,
                     seconds=time.perf_counter() - start, betas=np.asarray(betas),
-                    grad_norm_bound=chosen, by_bound=by_bound, lag0=lag0)
+                    grad_norm_bound=chosen, by_bound=by_bound, lag0=found, average=average,
+                    k_hats=k_hats[chosen], rel_biases=np.asarray(rels[chosen]))
 
 
 # ----------------------------------------------------------------------------- bias audit

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -66,6 +66,27 @@ class GradNormBound(Enum):
 
     grad = "grad"  # G_k = ‖mean over windows of Σ_{j≤k} ∂L/∂h at lag j‖ (the theory's; synthetic runs)
     norm_sum = "norm_sum"  # G_k = Σ_{j≤k} φ̂_j, cumulative sum of mean norms (the paper's LM runs)
+
+
+class Lag0(str, Enum):
+    """Which state the gradient-norm profile calls lag 0 (NOTES §3 step 2, lag convention)."""
+
+    state_after_step = "state_after_step"  # s_W, returned by the last step: the paper's formulas
+    state_entering_step = "state_entering_step"  # s_{W-1}, entering the last step: the authors' code
+
+
+class Average(Enum):
+    """How ``method.num_estimates`` independent estimates become one K (NOTES §3 step 6)."""
+
+    k_hat = "k_hat"  # the authors': clamp(int(mean of the unclamped K̂ values), k_min, k_max)
+    profiles = "profiles"  # K̂ of the pooled profile (all windows' φ̂, mean G, mean β̂)
+
+
+class LogFrom(Enum):
+    """Where an adaptive run's logged β̂, δ̂(K) and K̂(δ) come from (fixed K: always fresh)."""
+
+    chosen = "chosen"  # the estimate that chose the K in use
+    fresh = "fresh"  # method.log_estimates fresh estimates at each evaluation, averaged (the authors')
 
 
 class BetaMethod(Enum):
@@ -163,8 +184,16 @@ class MethodConfig:
     # or, when set, time steps (positions per stream) between re-estimates: keeps the estimator's
     # share of training time the same whatever K is (a K=10 chunk costs ~1/10 of a K=100 one)
     reestimate_steps: Optional[int] = None
-    num_estimates: int = 1  # profiles averaged per K estimate
-    log_estimates: int = 1  # fresh profiles per evaluation for fixed-K runs (0: skip)
+    # or, when set, also every this many seconds of training (whichever comes first): the
+    # authors' wall-clock "step" (NOTES §3 step 7); machine-dependent, so not reproducible
+    reestimate_seconds: Optional[float] = None
+    num_estimates: int = 1  # independent estimates (each its own profile) behind one K
+    average: Average = Average.k_hat  # how they are combined: K̂ values (authors') or profiles
+    # lag 0 of the profile: the state after the last step (the paper's formulas) or the state
+    # entering it (the authors' code; K̂ larger on PTB, see README "Lag convention")
+    lag0: Lag0 = Lag0.state_after_step
+    log_estimates: int = 1  # fresh estimates averaged per evaluation for the logs (0: skip)
+    log_from: LogFrom = LogFrom.chosen  # adaptive runs: log the estimate that chose K, or fresh ones
     audit: bool = False  # also log the true relative bias of TBPTT(K) on the windows
     # stand-in for ‖E ĝ_K‖ in δ̂(K) (both are logged; this one sets K): dataset files choose the
     # paper's (grad for synthetic tasks, norm_sum for PTB / WikiText-2)
@@ -184,6 +213,9 @@ class MethodConfig:
             _check(value >= 1, f"method.{key}", "an integer >= 1", value)
         _check(self.reestimate_steps is None or self.reestimate_steps >= 1, "method.reestimate_steps",
                "an integer >= 1 or null", self.reestimate_steps)
+        _check(self.reestimate_seconds is None or (self.reestimate_seconds > 0 and
+               math.isfinite(self.reestimate_seconds)), "method.reestimate_seconds",
+               "a number > 0 or null", self.reestimate_seconds)
         _check(self.burn_in >= 0, "method.burn_in", "an integer >= 0", self.burn_in)
         _check(self.log_estimates >= 0, "method.log_estimates", "an integer >= 0", self.log_estimates)
         _check(self.k_min <= self.k_max, "method.k_min", f"<= method.k_max ({self.k_max})", self.k_min)
@@ -203,7 +235,7 @@ class MethodConfig:
                "method.artbp_max_length", "an integer >= 1 or null", self.artbp_max_length)
         if self.name == MethodName.artbp:
             _check(self.style == Style.chunk, "method.style",
-                   "chunk for method=artbp (its segments start at its truncation points)",
+                   "chunk for method=artbp (method.name=artbp: its segments start at its truncation points)",
                    self.style.value)
 
 
@@ -237,6 +269,9 @@ class Config:
     threads: int = 1  # torch CPU threads per run (sweeps share the cores)
     progress: bool = True
     logger: Logger = Logger.csv  # tensorboard: also write <run dir>/tb/ (metrics.csv stays)
+    # keep the weights of the first evaluation at or past each of these epochs in
+    # <run dir>/snapshots/epoch_<e>.pt (e.g. to study the estimator on fixed weights)
+    snapshot_epochs: List[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.K >= 1, "K", "an integer >= 1", self.K)
@@ -245,6 +280,9 @@ class Config:
         _check(self.max_time is None or self.max_time > 0, "max_time", "> 0 or null", self.max_time)
         _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1", self.evals_per_epoch)
         _check(self.threads >= 1, "threads", "an integer >= 1", self.threads)
+        for e in self.snapshot_epochs:
+            _check(0 <= e <= self.epochs, "snapshot_epochs", f"a list of epochs in [0, epochs "
+                   f"({self.epochs})]", list(self.snapshot_epochs))
         if self.method.name == MethodName.artbp:  # c = stride / K < 1 (constant schedule)
             stride, cap = self.method.artbp_stride, self.method.artbp_max_length
             _check(self.K > stride, "K", f"> method.artbp_stride ({stride}) for method=artbp "

@@ -1,9 +1,11 @@
-"""``AdaptiveTruncation``: adaptive TBPTT in a plain PyTorch training loop (NOTES §3, step 7).
+"""``AdaptiveTruncation``: adaptive TBPTT in a plain PyTorch training loop (NOTES §3, steps 6–7).
 
-The object owns what the training loop of ``atbptt.train`` does around the estimator: the
-schedule (re-estimate K̂(δ) every so many time steps), the windows' random generator (the
-global RNG, hence the training randomness, is never touched), the model's mode while
-profiling, and the time spent. A loop changes in two lines::
+The one implementation of the adaptive schedule: ``atbptt.train`` drives it exactly as a
+user's loop would. The object owns what happens around the estimator: the schedule (K0
+until the first update, then K̂(δ) after every interval of ``reestimate_every`` units or
+``reestimate_seconds`` of training), how several estimates become one K (``average``), the
+windows' random generator (the global RNG, hence the training randomness, is never touched),
+the model's mode while profiling, and the time spent. A loop changes in two lines::
 
     ctl = AdaptiveTruncation(model, train_inputs, train_targets, nn.CrossEntropyLoss(),
                              delta=0.1, K0=35)
@@ -14,15 +16,31 @@ profiling, and the time spent. A loop changes in two lines::
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from . import adaptive
-from .config import BetaMethod, GradNormBound
+from .config import Average, BetaMethod, GradNormBound, Lag0
 
-LOGGED_DELTAS = (1.0, 0.9, 0.5, 0.1)  # K̂(δ) also computed for these (as the runs log them)
+LOGGED_DELTAS = adaptive.DELTAS  # K̂(δ) also computed for these (as the runs log them)
+
+
+def run_estimate(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, *,
+                 generator: torch.Generator, profile_dropout: bool = True,
+                 **options) -> adaptive.Estimate:
+    """``adaptive.estimate`` with the model in training mode (``profile_dropout``, dropout
+    active as the authors profile) or eval mode; the model's mode is restored after.
+    ``options``: the keywords of ``adaptive.estimate``. Raises what it raises."""
+    was_training = model.training
+    model.train(profile_dropout)
+    try:
+        return adaptive.estimate(model, inputs, targets, loss_fn=loss_fn, generator=generator,
+                                 **options)
+    finally:
+        model.train(was_training)
 
 
 class AdaptiveTruncation:
@@ -36,22 +54,29 @@ class AdaptiveTruncation:
     mean/sum scalar (``nn.CrossEntropyLoss()`` works; the same K̂).
 
     Estimator (NOTES §3): ``window`` W lags, ``burn_in`` steps without gradient (default
-    W // 10), ``num_windows`` S, ``num_estimates`` profiles averaged, ``beta_method``,
-    ``tau``, ``grad_norm_bound`` (``grad``: norm of the averaged cumulative gradient, the
-    theory's; ``norm_sum``: sum of mean norms, the paper's LM runs). K̂(δ) is clamped to
-    [``k_min``, ``k_max``] (``k_max`` ≤ W, default W). ``K0``: the K until the first
-    estimate, which comes after ``reestimate_every`` units passed to ``step``; ``None``:
-    estimate at once. ``profile_dropout``: profile in training mode (dropout active, as
-    the authors do); the model's mode is restored after. ``seed`` seeds the windows.
-    Raises ValueError on a bad setting or a split shorter than ``burn_in + window``."""
+    W // 10), ``num_windows`` S per profile, ``beta_method``, ``tau``, ``grad_norm_bound``
+    (``grad``: norm of the averaged cumulative gradient, the theory's; ``norm_sum``: sum of
+    mean norms, the paper's LM runs), ``lag0`` (``None``: found from the model;
+    ``state_entering_step``: the authors' convention). One K update takes ``num_estimates``
+    independent estimates, each from its own profile of S windows, combined by ``average``
+    (``k_hat``: the authors' clamp(int(mean of unclamped K̂)); ``profiles``: K̂ of the pooled
+    profile). K is clamped to [``k_min``, ``k_max``] (``k_max`` ≤ W, default W).
+
+    Schedule (NOTES §3 step 7): ``K0`` is used until the first update, which comes after the
+    first interval; an update comes once ``reestimate_every`` units have been passed to
+    ``step`` since the last one, or (if set) ``reestimate_seconds`` of training, whichever
+    first. K changes only at updates. ``K0=None``: estimate at once. ``seed`` seeds the
+    windows. Raises ValueError on a bad setting or a split shorter than ``burn_in + window``."""
 
     def __init__(self, model: nn.Module, inputs: Tensor, targets: Tensor,
                  loss_fn: Callable[[Tensor, Tensor], Tensor], *, delta: float = 0.1,
                  K0: Optional[int] = None, window: int = 100, burn_in: Optional[int] = None,
                  num_windows: int = 32, num_estimates: int = 1, k_min: int = 2,
                  k_max: Optional[int] = None, reestimate_every: int = 2500,
+                 reestimate_seconds: Optional[float] = None,
                  beta_method: BetaMethod | str = BetaMethod.ols, tau: Optional[int] = None,
                  grad_norm_bound: GradNormBound | str = GradNormBound.grad,
+                 average: Average | str = Average.k_hat, lag0: Lag0 | str | None = None,
                  profile_dropout: bool = True, init_state: Optional[Callable[[int], Any]] = None,
                  device: torch.device | str | None = None, seed: int = 0):
         self.model, self.inputs, self.targets, self.loss_fn = model, inputs, targets, loss_fn
@@ -59,24 +84,35 @@ class AdaptiveTruncation:
         self.burn_in = self.window // 10 if burn_in is None else int(burn_in)
         self.k_min, self.k_max = int(k_min), self.window if k_max is None else int(k_max)
         self.reestimate_every = int(reestimate_every)
-        self.options = dict(num_windows=num_windows, num_estimates=num_estimates,
-                            beta_method=BetaMethod(beta_method), tau=tau,
-                            grad_norm_bound=GradNormBound(grad_norm_bound),
-                            init_state=init_state, device=device)
+        self.reestimate_seconds = None if reestimate_seconds is None else float(reestimate_seconds)
         self.profile_dropout = profile_dropout
-        self._check(K0, inputs.shape[0])
+        self._check(K0, inputs.shape[0], num_windows, num_estimates)
+        self.options = dict(
+            window=self.window, burn_in=self.burn_in, num_windows=int(num_windows),
+            num_estimates=int(num_estimates), beta_method=BetaMethod(beta_method), tau=tau,
+            grad_norm_bound=GradNormBound(grad_norm_bound), average=Average(average),
+            lag0=None if lag0 is None else Lag0(lag0), init_state=init_state, device=device,
+            k_min=self.k_min, k_max=self.k_max,
+            deltas=tuple(dict.fromkeys((*LOGGED_DELTAS, self.delta))))
         self.generator = torch.Generator().manual_seed(seed)
         self.estimate: Optional[adaptive.Estimate] = None  # the latest
-        self.seconds = 0.0  # wall clock spent estimating, all estimates
-        self.num_estimates_done = 0
-        self.since_estimate = 0  # units passed to step() since the last estimate
+        self.seconds = 0.0  # wall clock spent estimating, all updates
+        self.num_estimates_done = 0  # K updates so far
+        self.since_estimate = 0  # units passed to step() since the last update
+        self.seconds_since = 0.0  # training seconds since the last update
+        self._last_call: Optional[float] = None
         self.K = int(K0) if K0 is not None else self.reestimate()
 
-    def _check(self, K0: Optional[int], length: int) -> None:
+    def _check(self, K0: Optional[int], length: int, num_windows: int, num_estimates: int) -> None:
         if not 0 < self.delta <= 1:
             raise ValueError(f"delta={self.delta} must be in (0, 1]")
         if self.window < 1 or self.burn_in < 0 or self.reestimate_every < 1:
             raise ValueError("window and reestimate_every must be >= 1, burn_in >= 0")
+        if self.reestimate_seconds is not None and not self.reestimate_seconds > 0:
+            raise ValueError(f"reestimate_seconds={self.reestimate_seconds} must be > 0 or None")
+        if num_windows < 1 or num_estimates < 1:
+            raise ValueError(f"num_windows={num_windows} and num_estimates={num_estimates} "
+                             "must be >= 1")
         if not 1 <= self.k_min <= self.k_max <= self.window:
             raise ValueError(f"need 1 <= k_min ({self.k_min}) <= k_max ({self.k_max}) <= "
                              f"window ({self.window})")
@@ -87,33 +123,47 @@ class AdaptiveTruncation:
                              f"window = {self.burn_in + self.window}")
 
     # ------------------------------------------------------------------ the two calls
-    def step(self, steps: int = 1) -> bool:
-        """Count ``steps`` (the time steps per stream the last update consumed, or 1 per
-        update: the unit of ``reestimate_every``); re-estimate K when that many have passed
-        since the last estimate. Returns whether K was re-estimated."""
+    def step(self, steps: int = 1, seconds: Optional[float] = None) -> bool:
+        """Count one update: ``steps`` units (the time steps per stream it consumed, or 1 per
+        update: the unit of ``reestimate_every``) and ``seconds`` of training (default: the
+        wall clock since the previous call, less any estimate; only ``reestimate_seconds``
+        reads it). Updates K when an interval is complete. Returns whether K was updated."""
+        now = time.perf_counter()
+        if seconds is None:
+            seconds = 0.0 if self._last_call is None else now - self._last_call
+        self._last_call = now
         self.since_estimate += int(steps)
-        if self.since_estimate < self.reestimate_every:
+        self.seconds_since += float(seconds)
+        if not self.due:
             return False
         self.reestimate()
+        self._last_call = time.perf_counter()
         return True
 
+    @property
+    def due(self) -> bool:
+        """Whether the current interval is complete (units or seconds, whichever first)."""
+        return self.since_estimate >= self.reestimate_every or (
+            self.reestimate_seconds is not None and self.seconds_since >= self.reestimate_seconds)
+
     def reestimate(self) -> int:
-        """A fresh estimate now: K <- K̂(δ); returns the new K. The model's mode is restored."""
-        was_training = self.model.training
-        self.model.train(self.profile_dropout)
-        try:
-            est = adaptive.estimate(
-                self.model, self.inputs, self.targets, window=self.window, burn_in=self.burn_in,
-                loss_fn=self.loss_fn, generator=self.generator, k_min=self.k_min,
-                k_max=self.k_max, deltas=tuple(dict.fromkeys((*LOGGED_DELTAS, self.delta))),
-                **self.options)
-        finally:
-            self.model.train(was_training)
+        """An update now: K <- K̂(δ) from ``num_estimates`` fresh estimates; returns the new K."""
+        est = run_estimate(self.model, self.inputs, self.targets, self.loss_fn,
+                           generator=self.generator, profile_dropout=self.profile_dropout,
+                           **self.options)
         self.estimate, self.seconds = est, self.seconds + est.seconds
         self.num_estimates_done += 1
-        self.since_estimate = 0
+        self.since_estimate, self.seconds_since = 0, 0.0
         self.K = est.K_hat[self.delta]
         return self.K
+
+    def fresh_estimate(self, num_estimates: int, generator: torch.Generator) -> adaptive.Estimate:
+        """A diagnostic estimate from ``num_estimates`` profiles drawn from ``generator``: the
+        same estimator, but K, the schedule and the windows' generator are left alone (the
+        authors' logged δ̂ and K̂, NOTES §3). Raises ValueError if ``num_estimates`` < 1."""
+        options = {**self.options, "num_estimates": int(num_estimates)}
+        return run_estimate(self.model, self.inputs, self.targets, self.loss_fn,
+                            generator=generator, profile_dropout=self.profile_dropout, **options)
 
     # ------------------------------------------------------------------ what it knows
     @property
@@ -133,15 +183,18 @@ class AdaptiveTruncation:
 
     def state_dict(self) -> Dict[str, Any]:
         """The schedule, K, timing and the windows' generator, for a checkpoint."""
-        return {"K": self.K, "since_estimate": self.since_estimate, "seconds": self.seconds,
+        return {"K": self.K, "since_estimate": self.since_estimate,
+                "seconds_since": self.seconds_since, "seconds": self.seconds,
                 "num_estimates_done": self.num_estimates_done,
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Resume from ``state_dict()``: the next estimates equal an uninterrupted run's."""
         self.K, self.since_estimate = int(state["K"]), int(state["since_estimate"])
+        self.seconds_since = float(state.get("seconds_since", 0.0))
         self.seconds, self.num_estimates_done = float(state["seconds"]), int(state["num_estimates_done"])
         self.generator.set_state(state["generator"])
+        self._last_call = None
 
     def __repr__(self) -> str:
         est = self.estimate

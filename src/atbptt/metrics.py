@@ -16,7 +16,7 @@ import numpy as np
 
 DELTAS = (1.0, 0.9, 0.5, 0.1)  # K_hat is logged for these delta (NOTES §3)
 GRAD_NORM_BOUNDS = ("grad", "norm_sum")  # config.GradNormBound values
-TIME_COLUMNS = ("train_time", "wall_time", "estimation_time")
+TIME_COLUMNS = ("train_time", "wall_time", "estimation_time", "diagnostic_time")
 COLUMNS = (
     "eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
     "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K", "lr",
@@ -28,6 +28,9 @@ COLUMNS = (
     # method=artbp (empty otherwise): segment lengths since the last evaluation (mean, max) and
     # the gradient's relative variance E||g - g_W||^2 / ||g_W||^2 on estimation windows
     "trunc_mean", "trunc_max", "grad_rel_var",
+    # seconds of diagnostics (logged estimates, audit, ARTBP variance), not part of train_time;
+    # estimation_time is only the K updates of an adaptive run, which train_time includes
+    "diagnostic_time",
 )
 
 

@@ -27,7 +27,7 @@ from .config import ConfigError
 
 LOCK_FILE = "run.lock"
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_KEYS = ("config", "model", "optimizer", "progress", "walker", "rng", "estimator_rng", "cuda_rng")
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "progress", "walker", "rng", "cuda_rng")
 # file systems without flock support: the run goes on unlocked, with a warning
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 

@@ -19,9 +19,10 @@ import torch
 from omegaconf import OmegaConf
 
 from . import adaptive, artbp, tensorboard_log
-from .config import Config, ConfigError, Device, Logger, MethodName
+from .config import Config, ConfigError, Device, LogFrom, Logger, MethodName
+from .controller import AdaptiveTruncation
 from .data import TaskData, load_task
-from .limits import check_data
+from .limits import check_data, uses_estimator
 from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
 from .models import ModelSpec, RNNModel, num_params, state_to
 from .rundir import CHECKPOINT, RunDirLock, bad_checkpoint, load_checkpoint, save_checkpoint
@@ -29,6 +30,7 @@ from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_los
 
 DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
 PROGRESS_EVERY = 60.0  # seconds between progress lines between evaluations
+ESTIMATOR_SEED = 7919  # the estimator's windows are seeded by seed + this (the weights by seed)
 
 
 class Diverged(RuntimeError):
@@ -54,6 +56,23 @@ def build_model(cfg: Config, data: TaskData, device: torch.device) -> RNNModel:
     return model.to(device)
 
 
+def build_controller(cfg: Config, data: TaskData, model: RNNModel, loss_fn,
+                     device: torch.device) -> AdaptiveTruncation:
+    """The run's estimator and adaptive schedule (``method.*``; NOTES §3 steps 6–7): K0 = K,
+    updates every ``method.reestimate_steps`` time steps (else ``method.reestimate_every``
+    chunks) or ``method.reestimate_seconds`` of training, windows seeded by ``seed``."""
+    m = cfg.method
+    k_max = m.k_max if cfg.method.name == MethodName.adaptive else min(m.k_max, m.window)
+    return AdaptiveTruncation(
+        model, data.train.inputs, data.train.targets, loss_fn, delta=cfg.delta, K0=cfg.K,
+        window=m.window, burn_in=m.burn_in, num_windows=m.num_windows,
+        num_estimates=m.num_estimates, k_min=min(m.k_min, k_max), k_max=k_max,
+        reestimate_every=m.reestimate_steps if m.reestimate_steps is not None else m.reestimate_every,
+        reestimate_seconds=m.reestimate_seconds, beta_method=m.beta_method, tau=m.tau,
+        grad_norm_bound=m.grad_norm_bound, average=m.average, lag0=m.lag0,
+        profile_dropout=m.profile_dropout, device=device, seed=cfg.seed + ESTIMATOR_SEED)
+
+
 @dataclass
 class Progress:
     """Everything a checkpoint restores besides model, optimizer and RNG states."""
@@ -64,10 +83,13 @@ class Progress:
     tokens: int = 0  # training tokens consumed (new steps x streams)
     train_time: float = 0.0
     wall_time: float = 0.0
-    estimation_time: float = 0.0
+    estimation_time: float = 0.0  # choosing K (adaptive): part of train_time
+    diagnostic_time: float = 0.0  # logged estimates, audit, ARTBP variance: not training time
     evals: int = 0  # rows written to metrics.csv
+    # checkpoints of earlier versions kept the adaptive schedule here; it now lives in the
+    # controller's state (checkpoint key "controller"), and these are read only to resume those
     chunks_since_estimate: int = 0
-    steps_since_estimate: int = 0  # time steps (positions per stream)
+    steps_since_estimate: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
     estimate: Optional[dict] = None  # last K estimate (arrays as lists), for logging
@@ -91,7 +113,6 @@ class Trainer:
     optimizer: torch.optim.Optimizer = field(init=False)
     progress: Progress = field(init=False)
     walker: Walker = field(init=False)
-    estimator_rng: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -99,9 +120,22 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr(cfg.K),
                                          weight_decay=cfg.optim.weight_decay)
         self.walker = Walker.start(self.model, self.data.train.num_streams, self.device)
-        self.estimator_rng = torch.Generator().manual_seed(cfg.seed + 7919)
         self.loss_fn = sequence_loss(self.data.classification)
         self.window_loss = last_step_loss(self.data.classification)
+        # the adaptive schedule (K0, updates, averaging) is the public controller's; fixed-K
+        # and ARTBP runs use its estimator for their logged estimates only (never step it)
+        self.controller = (build_controller(cfg, self.data, self.model, self.window_loss,
+                                            self.device) if uses_estimator(cfg) else None)
+        # with method.log_from=fresh, diagnostics (logged estimates, audit, ARTBP variance)
+        # never draw the windows that choose K: they get their own generator. With
+        # log_from=chosen they share the estimator's, as this project's runs always did (so
+        # those runs reproduce); fixed-K and ARTBP runs have no K to choose
+        if self.adaptive and cfg.method.log_from == LogFrom.fresh:
+            self.diagnostic_rng = torch.Generator().manual_seed(cfg.seed + 104729)
+        elif self.controller is not None:
+            self.diagnostic_rng = self.controller.generator
+        else:
+            self.diagnostic_rng = torch.Generator().manual_seed(cfg.seed + ESTIMATOR_SEED)
         self.metrics = MetricsWriter(self.run_dir / "metrics.csv")
         self.tensorboard: Optional[tensorboard_log.TensorBoardLog] = None
         if cfg.logger == Logger.tensorboard:
@@ -137,8 +171,7 @@ class Trainer:
         p = self.progress
         p.step += 1
         p.tokens += steps * self.data.train.num_streams
-        p.chunks_since_estimate += 1
-        p.steps_since_estimate += steps
+        self.last_steps = steps
         return loss.detach()
 
     def record_segment(self, steps: int) -> None:
@@ -148,50 +181,49 @@ class Trainer:
         p.segment_max = max(p.segment_max, steps)
 
     # --------------------------------------------------------------------- estimation
-    def estimate(self, num_estimates: int) -> adaptive.Estimate:
-        m = self.cfg.method
-        was_training = self.model.training
-        # the authors profile in training mode (dropout active, NOTES §3); the estimator draws
-        # its dropout masks from its own generator, so the training RNG is left alone
-        self.model.train(m.profile_dropout)
-        try:
-            est = adaptive.estimate(
-                self.model, self.data.train.inputs, self.data.train.targets, window=m.window,
-                burn_in=m.burn_in, num_windows=m.num_windows, num_estimates=num_estimates,
-                loss_fn=self.window_loss, generator=self.estimator_rng, beta_method=m.beta_method,
-                tau=m.tau, deltas=(*DELTAS, self.cfg.delta), k_min=m.k_min, k_max=m.k_max,
-                device=self.device, grad_norm_bound=m.grad_norm_bound)
-        except ValueError as err:  # a NaN profile: the last steps may have diverged unchecked
-            if all(torch.isfinite(w).all() for w in self.model.parameters()):
-                raise
-            raise Diverged("the weights became NaN or inf (seen by the K estimator)") from err
-        finally:
-            self.model.train(was_training)
-        self.progress.estimation_time += est.seconds
-        return est
+    @property
+    def adaptive(self) -> bool:
+        return self.cfg.method.name == MethodName.adaptive
 
-    def maybe_reestimate(self) -> None:
-        """Adaptive method: every ``reestimate_every`` chunks, K <- K_hat(delta) (time counts)."""
-        m, p = self.cfg.method, self.progress
-        due = (p.chunks_since_estimate >= m.reestimate_every if m.reestimate_steps is None
-               else p.steps_since_estimate >= m.reestimate_steps)
-        if m.name != MethodName.adaptive or not due:
+    def _diverged_or_raise(self, err: ValueError) -> None:
+        """A NaN profile: the last steps may have diverged unchecked (Diverged); else re-raise."""
+        if all(torch.isfinite(w).all() for w in self.model.parameters()):
+            raise err
+        raise Diverged("the weights became NaN or inf (seen by the K estimator)") from err
+
+    def update_K(self, steps: int, seconds: float) -> None:
+        """Adaptive method: tell the controller what the last update consumed (time steps, or
+        one chunk with ``method.reestimate_steps`` unset; its training seconds); when it
+        updates K, take the new K and its learning rate (the estimate's time is training time)."""
+        if not self.adaptive:
             return
-        est = self.estimate(m.num_estimates)
-        p.chunks_since_estimate = p.steps_since_estimate = 0
-        p.estimate = _estimate_record(est, self.cfg.delta)
-        self.set_K(p.estimate["K_chosen"])
+        ctl, m = self.controller, self.cfg.method
+        try:
+            updated = ctl.step(steps if m.reestimate_steps is not None else 1, seconds)
+        except ValueError as err:
+            self._diverged_or_raise(err)
+        if updated:
+            self.progress.estimation_time += ctl.estimate.seconds
+            self.progress.estimate = _estimate_record(ctl.estimate, self.cfg.delta)
+            self.set_K(ctl.K)
 
     # --------------------------------------------------------------------- evaluation
     def log_estimate(self) -> Optional[dict]:
-        """The estimate shown in the logs: the adaptive run's latest K estimate, else fresh
-        profiles (diagnostic only: their time is logged but is not training time)."""
+        """The estimate shown in the logs: with ``method.log_from=chosen`` an adaptive run's
+        latest K update (before the first, fresh ones); otherwise the mean of
+        ``method.log_estimates`` fresh estimates (diagnostic: their time is
+        ``diagnostic_time``, not training time)."""
         p, m = self.progress, self.cfg.method
-        if m.name == MethodName.adaptive and p.estimate is not None:
+        if self.adaptive and m.log_from == LogFrom.chosen and p.estimate is not None:
             return p.estimate
         if m.log_estimates == 0:
             return None
-        return _estimate_record(self.estimate(m.log_estimates), self.cfg.delta)
+        try:
+            est = self.controller.fresh_estimate(m.log_estimates, self.diagnostic_rng)
+        except ValueError as err:
+            self._diverged_or_raise(err)
+        p.diagnostic_time += est.seconds
+        return _estimate_record(est, self.cfg.delta)
 
     def audit(self) -> Optional[float]:
         m = self.cfg.method
@@ -199,8 +231,8 @@ class Trainer:
             return None
         t0 = time.perf_counter()
         bias = audit_bias(self.model, self.data.train, self.cfg, self.progress.K, self.window_loss,
-                          self.estimator_rng, self.device)
-        self.progress.estimation_time += time.perf_counter() - t0
+                          self.diagnostic_rng, self.device)
+        self.progress.diagnostic_time += time.perf_counter() - t0
         return bias
 
     def evaluate_row(self, train_loss: Optional[float]) -> Dict[str, object]:
@@ -242,8 +274,8 @@ class Trainer:
             t0 = time.perf_counter()
             row["grad_rel_var"] = artbp_variance(self.model, self.data.train, self.cfg,
                                                  self.schedule, self.window_loss,
-                                                 self.estimator_rng, self.device)
-            p.estimation_time += time.perf_counter() - t0
+                                                 self.diagnostic_rng, self.device)
+            p.diagnostic_time += time.perf_counter() - t0
         return row
 
     def fraction(self) -> float:
@@ -256,7 +288,8 @@ class Trainer:
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "progress": asdict(p), "walker": (self.walker.pos, self.walker.anchor, self.walker.state),
-            "rng": torch.get_rng_state(), "estimator_rng": self.estimator_rng.get_state(),
+            "rng": torch.get_rng_state(), "diagnostic_rng": self.diagnostic_rng.get_state(),
+            "controller": None if self.controller is None else self.controller.state_dict(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
         save_checkpoint(self.run_dir / CHECKPOINT, payload)  # atomic
@@ -271,11 +304,31 @@ class Trainer:
         pos, anchor, state = payload["walker"]
         self.walker = Walker(pos, anchor, state_to(state, self.device))
         torch.set_rng_state(payload["rng"].cpu())
-        self.estimator_rng.set_state(payload["estimator_rng"].cpu())
+        self._load_estimator_state(payload)
         if payload["cuda_rng"] is not None and self.device.type == "cuda":
             for index, cuda_state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(cuda_state.cpu(), index)
         self.set_K(self.progress.K)
+
+    def _load_estimator_state(self, payload: dict) -> None:
+        """The controller's schedule and generators; a checkpoint of an earlier version (one
+        ``estimator_rng`` for everything, the schedule in ``progress``) is converted."""
+        p, ctl = self.progress, self.controller
+        if "controller" in payload:
+            if ctl is not None:
+                state = payload["controller"]
+                ctl.load_state_dict({**state, "generator": state["generator"].cpu()})
+            self.diagnostic_rng.set_state(payload["diagnostic_rng"].cpu())
+            return
+        if ctl is None:
+            self.diagnostic_rng.set_state(payload["estimator_rng"].cpu())
+        else:
+            ctl.generator.set_state(payload["estimator_rng"].cpu())
+            ctl.load_state_dict({
+                "K": p.K, "seconds": p.estimation_time, "num_estimates_done": 0,
+                "since_estimate": (p.steps_since_estimate if self.cfg.method.reestimate_steps
+                                   is not None else p.chunks_since_estimate),
+                "generator": ctl.generator.get_state()})
 
     # ----------------------------------------------------------------------- the loop
     def fit(self) -> None:
@@ -294,8 +347,9 @@ class Trainer:
             if self.walker.pos >= length:  # new epoch: fresh state, from the start
                 p.epoch += 1
                 self.walker = Walker.start(self.model, self.data.train.num_streams, self.device)
+            chunk_start = time.perf_counter()
             loss_acc += self.train_chunk()
-            self.maybe_reestimate()
+            self.update_K(self.last_steps, time.perf_counter() - chunk_start)
             chunks += 1
             if chunks % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(loss_acc)
@@ -320,13 +374,25 @@ class Trainer:
         p = self.progress
         row = self.evaluate_row(train_loss)
         p.wall_time = wall_time
-        row.update(train_time=p.train_time, wall_time=wall_time, estimation_time=p.estimation_time)
+        row.update(train_time=p.train_time, wall_time=wall_time, estimation_time=p.estimation_time,
+                   diagnostic_time=p.diagnostic_time)
         self.metrics.append(row)
         self.sync_tensorboard()
         self.last_row = row
         _check_eval_finite(row)
         p.evals += 1
         self.save()
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """``snapshot_epochs``: the weights of the first evaluation at or past each epoch, in
+        ``snapshots/epoch_<e>.pt`` (model ``state_dict``, epoch, K; written once, atomically)."""
+        for e in self.cfg.snapshot_epochs:
+            path = self.run_dir / "snapshots" / f"epoch_{e:g}.pt"
+            if self.fraction() >= e - 1e-9 and not path.exists():
+                path.parent.mkdir(exist_ok=True)
+                save_checkpoint(path, {"model": self.model.state_dict(), "epoch": self.fraction(),
+                                       "K": self.progress.K, "config": _config_dict(self.cfg)})
 
     def sync_tensorboard(self) -> None:
         """``logger=tensorboard``: copy the new metrics.csv row (and its profile) to tb/; the
@@ -429,7 +495,7 @@ def _config_dict(cfg: Config) -> dict:
 
 def _same_run(a: dict, b: dict) -> bool:
     """Configs that describe the same run (presentation keys may differ on a resume)."""
-    ignore = {"progress", "threads", "device", "logger"}
+    ignore = {"progress", "threads", "device", "logger", "snapshot_epochs"}
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 

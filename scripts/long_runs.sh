@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Long, resumable sweeps on a frozen copy of one commit of this code.
+#
+#   bash scripts/long_runs.sh start EXPERIMENT SEED [COMMIT]   # in the background; log in the sweep dir
+#   bash scripts/long_runs.sh status EXPERIMENT SEED
+#   bash scripts/long_runs.sh stop EXPERIMENT SEED            # SIGTERM to the sweep and its workers
+#
+# The code is installed (not editable) from COMMIT (default HEAD, which must be clean) into
+# .cache/frozen/<commit>/, so edits to the working tree never reach running jobs, and every
+# run records that commit (ATBPTT_GIT_COMMIT). The sweep directory is fixed,
+# results/<experiment>/runs/seed<SEED>/: starting the same sweep again resumes every
+# unfinished run from its last checkpoint (one per evaluation) and skips finished ones, so
+# a sweep can span machines or sessions as long as the run directories (checkpoint.pt
+# included) travel with it. Two jobs at a time with one torch thread each (joblib launcher).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage() { echo "usage: bash scripts/long_runs.sh start|status|stop EXPERIMENT SEED [COMMIT]" >&2; exit 2; }
+[ $# -ge 3 ] || usage
+action=$1 experiment=$2 seed=$3
+case "$seed" in ''|*[!0-9]*) echo "long_runs.sh: SEED must be a non-negative integer, got '$seed'" >&2; exit 2 ;; esac
+[ -f "conf/experiment/$experiment.yaml" ] || {
+  echo "long_runs.sh: unknown experiment '$experiment' (conf/experiment/*.yaml)" >&2; exit 2; }
+sweep_dir="results/$experiment/runs/seed$seed"
+pidfile="$sweep_dir/sweep.pid"
+BIN=${BIN:-.venv/bin}
+JOBS=${JOBS:-2}
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+freeze() {  # $1: commit -> prints the frozen site directory
+  local commit=$1 dir=".cache/frozen/$1"
+  if [ ! -f "$dir/.done" ]; then
+    rm -rf "$dir" && mkdir -p "$dir/src"
+    git archive "$commit" | tar -x -C "$dir/src"
+    "$BIN/pip" install -q --no-deps --target "$dir/lib" "$dir/src" >&2
+    touch "$dir/.done"
+  fi
+  echo "$(pwd)/$dir/lib"
+}
+
+case "$action" in
+  start)
+    if running; then echo "long_runs.sh: $sweep_dir is already running (pid $(cat "$pidfile"))" >&2; exit 2; fi
+    commit=$(git rev-parse "${4:-HEAD}")
+    if [ -z "${4:-}" ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+      echo "long_runs.sh: the working tree has uncommitted changes; commit them or name a COMMIT" >&2; exit 2
+    fi
+    lib=$(freeze "$commit")
+    mkdir -p "$sweep_dir"
+    export PYTHONPATH="$lib" ATBPTT_GIT_COMMIT="$commit" OMP_NUM_THREADS=1
+    export ATBPTT_DATA="${ATBPTT_DATA:-$(cd .. && pwd)/shared/data}"
+    echo "== $(date -u +%FT%TZ) start $experiment seed=$seed commit=$commit" >> "$sweep_dir/sweep.log"
+    nohup setsid "$BIN/python" -m atbptt.cli -m "experiment=$experiment" "seed=$seed" threads=1 \
+      hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" progress=false \
+      "hydra.sweep.dir=$sweep_dir" >> "$sweep_dir/sweep.log" 2>&1 < /dev/null &
+    echo $! > "$pidfile"
+    echo "started $experiment seed=$seed (pid $!, commit ${commit:0:10}) -> $sweep_dir"
+    ;;
+  status)
+    if running; then echo "running (pid $(cat "$pidfile"))"; else echo "not running"; fi
+    for info in "$sweep_dir"/*/run.json; do
+      [ -f "$info" ] || continue
+      "$BIN/python" - "$info" <<'EOF'
+import csv, json, sys
+from pathlib import Path
+info = Path(sys.argv[1]); meta = json.loads(info.read_text())
+rows = list(csv.DictReader(open(info.parent / "metrics.csv"))) if (info.parent / "metrics.csv").exists() else []
+last = rows[-1] if rows else {}
+print(f"{info.parent.name:28s} {meta['status']:9s} epoch {last.get('epoch', '-'):>8s} "
+      f"K {last.get('K', '-'):>4s} test ppl {last.get('test_ppl', '-')[:7]:>7s}")
+EOF
+    done
+    ;;
+  stop)
+    if running; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null || kill -TERM "$(cat "$pidfile")"; echo "stopped"; else echo "not running"; fi
+    ;;
+  *) usage ;;
+esac
