@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/ptb),)
 export ATBPTT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help setup run test test-fast bench figures aggregate sweep-copy sweep-copy-variable \
+.PHONY: help setup run test test-fast test-slurm bench figures aggregate sweep-copy sweep-copy-variable \
         sweep-linear sweep-var sweep-ptb-cpu sweep-wikitext2-cpu clean
 
 help:  ## list the targets
@@ -31,6 +31,9 @@ test: setup  ## run the test suite (CPU, a few minutes)
 
 test-fast: setup  ## the tests without the multi-process sweeps
 	$(BIN)/pytest -q -m "not slow"
+
+test-slurm: setup  ## the tests against a local single-node SLURM (root, slurm-wlm, munge; docs/cluster.md)
+	$(BIN)/pytest -q -m slurm
 
 bench: setup  ## benchmarks: ratios against baselines timed in the same process
 	$(BIN)/python scripts/bench.py
