@@ -5,9 +5,11 @@
 #   bash scripts/long_runs.sh status EXPERIMENT SEED
 #   bash scripts/long_runs.sh stop EXPERIMENT SEED            # SIGTERM to the sweep and its workers
 #
-# The code is installed (not editable) from COMMIT (default HEAD, which must be clean) into
-# .cache/frozen/<commit>/, so edits to the working tree never reach running jobs, and every
-# run records that commit (ATBPTT_GIT_COMMIT). The sweep directory is fixed,
+# The code is installed (not editable) from COMMIT (default: the commit the sweep's runs
+# recorded when resuming, else HEAD, which must then be clean) into
+# $ATBPTT_FROZEN/<commit>/ (default ~/.cache/atbptt-frozen, outside the checkout), so edits to
+# the working tree never reach running jobs, and every run records that commit as
+# "<commit> (declared)" (ATBPTT_GIT_COMMIT; git cannot see an installed copy). The sweep directory is fixed,
 # results/<experiment>/runs/seed<SEED>/: starting the same sweep again resumes every
 # unfinished run from its last checkpoint (one per evaluation) and skips finished ones, so
 # a sweep can span machines or sessions as long as the run directories (checkpoint.pt
@@ -28,21 +30,23 @@ JOBS=${JOBS:-2}
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 freeze() {  # $1: commit -> prints the frozen site directory
-  local commit=$1 dir=".cache/frozen/$1"
+  local commit=$1 dir="${ATBPTT_FROZEN:-$HOME/.cache/atbptt-frozen}/$1"
   if [ ! -f "$dir/.done" ]; then
     rm -rf "$dir" && mkdir -p "$dir/src"
     git archive "$commit" | tar -x -C "$dir/src"
     "$BIN/pip" install -q --no-deps --target "$dir/lib" "$dir/src" >&2
     touch "$dir/.done"
   fi
-  echo "$(pwd)/$dir/lib"
+  echo "$dir/lib"
 }
 
 case "$action" in
   start)
     if running; then echo "long_runs.sh: $sweep_dir is already running (pid $(cat "$pidfile"))" >&2; exit 2; fi
-    commit=$(git rev-parse "${4:-HEAD}")
-    if [ -z "${4:-}" ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    # resuming: the commit the sweep started with, so that every run is one commit's
+    recorded=$(cat "$sweep_dir"/*/run.json 2>/dev/null | grep -o '"git_commit": "[0-9a-f]\{40\}' | head -1 | grep -o '[0-9a-f]\{40\}' || true)
+    commit=$(git rev-parse "${4:-${recorded:-HEAD}}")
+    if [ -z "${4:-}${recorded}" ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
       echo "long_runs.sh: the working tree has uncommitted changes; commit them or name a COMMIT" >&2; exit 2
     fi
     lib=$(freeze "$commit")

@@ -233,3 +233,16 @@ def test_snapshots_keep_the_weights_of_the_first_evaluation_past_each_epoch(tmp_
     assert first["epoch"] == pytest.approx(0.5) and first["K"] == 5
     model = train.build_model(cfg, train.load_task(cfg.dataset, Path("data")), torch.device("cpu"))
     model.load_state_dict(first["model"])
+
+
+@pytest.mark.usefixtures("torch_state")
+def test_evaluations_never_change_training(tmp_path):
+    """More evaluations (with their fresh estimates) leave every shared evaluation as it was:
+    a preset with fewer evaluations trains exactly as one with more."""
+    few, many = tmp_path / "few", tmp_path / "many"
+    fresh = ("method.log_from=fresh", "method.log_estimates=2")
+    assert train.run(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=2"), few) == "finished"
+    assert train.run(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=8"), many) == "finished"
+    cols = ("epoch", "step", "K", "valid_loss", "test_loss")
+    shared = {r[0]: r for r in rows(many, *cols)}
+    assert [shared[r[0]] for r in rows(few, *cols)] == rows(few, *cols)
