@@ -96,3 +96,14 @@ def test_bad_settings_raise(bad, message):
     model, x, y = model_and_split()
     with pytest.raises(ValueError, match=message):
         controller(model, x, y, **bad)
+
+
+def test_the_library_imports_without_hydra():
+    """``from atbptt import AdaptiveTruncation`` loads neither Hydra nor OmegaConf."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from atbptt import AdaptiveTruncation; import atbptt.adaptive, "
+            "atbptt.models, atbptt.tbptt, atbptt.artbp; "
+            "assert not {'hydra', 'omegaconf'} & set(sys.modules), sorted(sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import List, Optional
 
-from hydra.core.config_store import ConfigStore
-
 
 class ConfigError(ValueError):
     """A configuration value is out of range; the message is one line naming the key."""
@@ -293,4 +291,6 @@ class Config:
 
 def register_configs() -> None:
     """Store the schema; ``conf/config.yaml`` extends it through its defaults list."""
+    from hydra.core.config_store import ConfigStore  # here: the library imports without Hydra
+
     ConfigStore.instance().store(name="base_config", node=Config)
