@@ -9,7 +9,7 @@ export ATBPTT_DATA ?= $(abspath ../shared/data)
 endif
 
 .PHONY: help setup run test test-fast test-slurm bench figures aggregate sweep-copy sweep-copy-variable \
-        sweep-linear sweep-var sweep-ptb-cpu sweep-wikitext2-cpu clean
+        sweep-linear sweep-var sweep-ptb-cpu sweep-ptb-cpu-long sweep-wikitext2-cpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -43,6 +43,7 @@ aggregate: setup  ## collect results/sweeps/* run directories into results/<expe
 
 figures: setup  ## rebuild every figure and table from the committed CSVs (no training)
 	$(BIN)/python scripts/figures.py --results results
+	test ! -f results/ptb_cpu_long/runs.csv || $(BIN)/python scripts/headline.py --results results --experiment ptb_cpu_long
 
 sweep-copy: setup  ## copy task m=10: K in {5,10,15,20,30}, delta in {0.9,0.5,0.1}, 3 seeds
 	$(BIN)/atbptt-run -m experiment=copy_fixed
@@ -58,6 +59,9 @@ sweep-var: setup  ## VAR(p) forecasting: K and delta grids over rho
 
 sweep-ptb-cpu: setup  ## PTB at width 200 (CPU scale)
 	$(BIN)/atbptt-run -m experiment=ptb_cpu
+
+sweep-ptb-cpu-long: setup  ## PTB 1x200, 15 epochs per run, in the background and resumable (SEED=0)
+	bash scripts/long_runs.sh start ptb_cpu_long $${SEED:-0}
 
 sweep-wikitext2-cpu: setup  ## WikiText-2 at width 200 (CPU scale)
 	$(BIN)/atbptt-run -m experiment=wikitext2_cpu
