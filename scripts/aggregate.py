@@ -6,7 +6,9 @@ Usage:
     python scripts/aggregate.py --experiment copy
 
 A run directory is any directory holding ``run.json`` (found recursively, so every sweep
-timestamp of an experiment is included). For each experiment this writes into
+timestamp of an experiment is included). A malformed one (run.json or .hydra/config.yaml that
+cannot be read, a metrics.csv that is not UTF-8 or has a row with extra fields) is skipped with
+one line naming it and why; the others are aggregated. For each experiment this writes into
 ``<out>/<experiment>/``:
 
 - ``runs.csv``       one row per run and evaluation (metrics.csv joined with run identifiers);
@@ -52,7 +54,7 @@ PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
 BEST_COLUMNS = ["has_best", "final_K", "beta_hat", "final_epoch", "final_train_time",
                 "best_valid_ppl", "test_ppl_at_best", "best_valid_loss", "test_loss_at_best",
                 "epoch_at_best", "train_time_at_best", "segment_length", "grad_rel_var"]
-STATUSES = ["finished", "diverged", "failed", "running"]
+STATUSES = ["finished", "diverged", "failed", "interrupted", "running"]
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -128,13 +130,27 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+class MalformedRun(ValueError):
+    """A run directory whose files cannot be read as a run's; the message says why (one line)."""
+
+
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.csv with the per-eval K renamed K_in_use; empty frame if missing or empty."""
+    """metrics.csv with the per-eval K renamed K_in_use; empty frame if missing or empty.
+
+    Raises ``MalformedRun`` if the file is not UTF-8, a row has more or fewer fields than the
+    header, or the header lacks ``eval``."""
     path = run_dir / "metrics.csv"
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, encoding="utf-8", encoding_errors="strict", on_bad_lines="error",
+                            skip_blank_lines=True)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         frame = pd.DataFrame()
+    except UnicodeDecodeError as error:
+        raise MalformedRun(f"metrics.csv is not UTF-8 text (byte {error.start})") from None
+    except (pd.errors.ParserError, ValueError, OSError) as error:
+        raise MalformedRun(f"metrics.csv cannot be read ({_one_line(error)})") from None
+    if len(frame.columns) and "eval" not in frame.columns:
+        raise MalformedRun("metrics.csv has no 'eval' column (not a metrics file)")
     frame = frame.rename(columns={"K": "K_in_use"})
     for column in METRIC_COLUMNS:
         if column not in frame:
@@ -148,12 +164,17 @@ def read_last_profile(run_dir: Path) -> pd.DataFrame | None:
     paths = sorted((run_dir / "profiles").glob("eval_*.csv"))
     for path in reversed(paths):
         try:
-            frame = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            continue
+            frame = pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError):
+            continue  # an unreadable profile: the one before it
         frame.insert(0, "eval", int(path.stem.split("_")[-1]))
         return frame
     return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -343,7 +364,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _summary_row(key: dict, group: pd.DataFrame) -> dict:
     status = group["status"].value_counts()
-    used = group[group["has_best"].fillna(False).astype(bool)]
+    used = group[group["has_best"].eq(True)]  # NaN (no finite validation value) is not True
     row = {**key, "dataset": group["dataset"].iloc[0], "task": group["task"].iloc[0],
            "n_seeds": len(group), **{f"n_{s}": int(status.get(s, 0)) for s in STATUSES},
            "n_in_mean": len(used)}
@@ -451,17 +472,27 @@ def collect(roots: list[Path], experiment: str | None,
     for run_dir in find_run_dirs(roots):
         try:
             meta = read_meta(run_dir)
-        except (json.JSONDecodeError, OSError, TypeError, ValueError) as error:
-            print(f"skipping {run_dir}: unreadable run.json/config ({error})")
+        except (json.JSONDecodeError, OSError, TypeError, ValueError, AttributeError,
+                yaml.YAMLError) as error:
+            print(f"skipping {display_path(run_dir)}: unreadable run.json or .hydra/config.yaml "
+                  f"({_one_line(error)})")
             continue
         if experiment is None or meta["experiment"] == experiment:
             fill_floor(meta, floors or {})
             metas.append(meta)
-    metas, notes = deduplicate(metas)
+    readable = []
+    for meta in metas:
+        try:
+            meta["metrics"] = read_metrics(Path(meta["run_dir"]))
+        except MalformedRun as error:
+            print(f"skipping {meta['run_dir']}: {error}")
+            continue
+        readable.append(meta)
+    metas, notes = deduplicate(readable)
     label_settings(metas)
     by_experiment: dict[str, tuple[list, list]] = {}
     for meta in metas:
-        metrics = read_metrics(Path(meta["run_dir"]))
+        metrics = meta.pop("metrics")
         meta["task"] = infer_task(meta, metrics)
         metas_of, frames = by_experiment.setdefault(meta["experiment"], ([], []))
         metas_of.append(meta)

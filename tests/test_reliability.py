@@ -305,11 +305,21 @@ def _bad_inputs():
         ("presets-swept-together", ["-m", "experiment=copy_fixed,copy_variable", "epochs=0.01"],
          "run one per launch"),
         ("jobs-sharing-a-directory", ["-m", "progress=true,false"], "would share the directory"),
+        ("absurd-depth", ["model.num_layers=100000"], "model.num_layers"),
+        # more memory than the run may hold: refused in the job, before anything is written
+        ("training-graph-beyond-memory", ["dataset=linear", "K=1000000", "dataset.train_length=2000000",
+                                          "max_memory=1"], "training graph of 1999999 steps"),
+        ("estimator-windows-beyond-memory", ["method=adaptive", "method.num_windows=100000000"],
+         "method.num_windows"),
         # impossible once the data is known: refused before anything is written
         ("tied-weights-on-vectors", ["dataset=linear", "model.tie_weights=true"], "model.tie_weights"),
         ("estimator-window-longer-than-data", ["dataset.train_length=24"], "method.window"),
-        ("eval-streams-of-one-token", [*ptb, "dataset.eval_batch_size=40000"], "dataset.eval_batch_size"),
-        ("more-eval-streams-than-tokens", [*ptb, "dataset.eval_batch_size=80000"], "dataset.eval_batch_size"),
+        # from the verified files' token counts (corpus.TOKENS), before any file is read: the
+        # empty data_dir shows that the corpus need not be present
+        ("eval-streams-of-one-token", [*ptb, "dataset.data_dir={tmp}/empty",
+                                       "dataset.eval_batch_size=40000"], "dataset.eval_batch_size"),
+        ("more-eval-streams-than-tokens", [*ptb, "dataset.data_dir={tmp}/empty",
+                                           "dataset.eval_batch_size=80000"], "dataset.eval_batch_size"),
     ]
     if not torch.cuda.is_available():
         cases.append(("cuda-without-gpu", ["device=cuda"], "device=cuda"))

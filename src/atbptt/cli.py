@@ -1,4 +1,4 @@
-"""``atbptt-run``: Hydra at the edge. Compose, convert to typed objects, hand them to ``train.run``.
+"""``atbptt-run``: Hydra at the edge. Compose, convert to typed objects, hand them to ``run.run``.
 
 Before Hydra starts, every command-line override is checked (``precheck``) so that bad input
 gives one line naming the key and what is allowed, and a non-zero exit, not a traceback.
@@ -19,9 +19,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, register_configs
+from .launcher import WORKER_ENV, gave_up
+from .launcher import register as register_launcher
 from .validate import precheck, to_config
 
 register_configs()
+register_launcher()
 MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
 REFUSED_ENV = "ATBPTT_REFUSED_FILE"  # set by SweepReport: where sweep jobs list refusals
 
@@ -44,13 +47,19 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     """The ``.hydra/`` files Hydra would write before the job starts (``hydra.output_subdir``
-    is null in conf/config.yaml so that they are written only once the run dir is accepted)."""
+    is null in conf/config.yaml so that they are written only once the run dir is accepted);
+    ``files.FileWriteError`` if the OS refuses."""
+    from .files import FileWriteError, atomic_write
+
     folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as err:
+        raise FileWriteError(folder, err) from None
     hydra_cfg = HydraConfig.instance().cfg
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
-        (folder / name).write_text(OmegaConf.to_yaml(node))
+        atomic_write(folder / name, OmegaConf.to_yaml(node))
 
 
 class SweepReport(Callback):
@@ -60,7 +69,8 @@ class SweepReport(Callback):
     (absolute, passed to the jobs in ``ATBPTT_REFUSED_FILE``, so two sweeps into one directory
     keep separate lists); at the end, if jobs were refused (a directory holding another run or
     in use by another process, or a config that does not fit its data), it exits 2 with one
-    line, so a script notices, while every other job still ran."""
+    line, so a script notices, while every other job still ran; if jobs did not complete
+    because their joblib worker died at every retry (``launcher``), it exits 1."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         path = Path(os.getcwd(), config.hydra.sweep.dir, f"refused-{os.getpid()}.txt")
@@ -73,12 +83,15 @@ class SweepReport(Callback):
         if refused:
             _fail(f"{len(refused)} sweep job(s) refused, for the reasons printed above "
                   f"(their directories are listed in {path}); the other jobs ran")
+        if gave_up:  # hydra/launcher=joblib: jobs whose worker process died at every retry
+            _fail(f"{len(gave_up)} sweep job(s) did not complete (their worker process died), "
+                  "as printed above; the other jobs ran", 1)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
     from .corpus import DataError
-    from .train import run
+    from .run import RunStopped, run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -95,6 +108,13 @@ def task(cfg: DictConfig) -> str:
         if multirun:  # this job only: the other jobs go on, and SweepReport makes the sweep exit 2
             return _refuse_job(hc, run_dir, err)
         _fail(str(err))
+    except RunStopped as err:  # recorded in run.json: one line, no traceback
+        if not multirun:
+            _fail(str(err), err.code)
+        print(f"atbptt-run: job {hc.job.override_dirname} failed: {err}", file=sys.stderr, flush=True)
+        return "failed"
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (run.Interrupted)
+        return _interrupted(err, run_dir)
     except Exception as err:  # after acceptance, the run recorded status 'failed' in its run.json
         if not multirun:
             traceback.print_exc()
@@ -102,6 +122,21 @@ def task(cfg: DictConfig) -> str:
         print(f"atbptt-run: job {hc.job.override_dirname} failed: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)
         return "failed"  # the other jobs of the sweep go on
+
+
+def _interrupted(err: KeyboardInterrupt, run_dir: Path) -> str:
+    """One line; exit 130 (Ctrl-C) or 143 (SIGTERM). In a sweep worker (joblib), the job ends
+    as 'interrupted' and the worker lives on: the launching process decides whether to stop."""
+    import signal
+
+    signum = getattr(err, "signum", signal.SIGINT)
+    text = str(err) if getattr(err, "recorded", False) else (
+        f"{run_dir}: interrupted by {signal.Signals(signum).name} before the run started; "
+        "nothing was written there")
+    print(f"atbptt-run: {text}", file=sys.stderr, flush=True)
+    if os.environ.get(WORKER_ENV):
+        return "interrupted"
+    sys.exit(128 + signum)
 
 
 def _refuse_job(hc, run_dir: Path, err: Exception) -> str:
@@ -130,6 +165,9 @@ def _see_run_json(run_dir: Path, err: Exception) -> str:
 
 
 def main() -> None:
+    from .config_source import hydra_argv
+
+    sys.argv[1:] = hydra_argv(sys.argv[1:])  # Hydra's flags may stand among the overrides
     message = precheck(sys.argv[1:])
     if message:
         _fail(message)

@@ -270,6 +270,8 @@ class Config:
     # keep the weights of the first evaluation at or past each of these epochs in
     # <run dir>/snapshots/epoch_<e>.pt (e.g. to study the estimator on fixed weights)
     snapshot_epochs: List[float] = field(default_factory=list)
+    # GiB of memory the run may hold; null: what the machine has available (src/atbptt/memory.py)
+    max_memory: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(self.K >= 1, "K", "an integer >= 1", self.K)
@@ -278,6 +280,8 @@ class Config:
         _check(self.max_time is None or self.max_time > 0, "max_time", "> 0 or null", self.max_time)
         _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1", self.evals_per_epoch)
         _check(self.threads >= 1, "threads", "an integer >= 1", self.threads)
+        _check(self.max_memory is None or self.max_memory > 0, "max_memory",
+               "a number of GiB > 0 or null", self.max_memory)
         for e in self.snapshot_epochs:
             _check(0 <= e <= self.epochs, "snapshot_epochs", f"a list of epochs in [0, epochs "
                    f"({self.epochs})]", list(self.snapshot_epochs))

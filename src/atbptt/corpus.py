@@ -82,6 +82,15 @@ CORPORA: Dict[str, _CorpusSpec] = {
     }),
 }
 
+# What the verified files hold (checked by tests/test_memory.py when the files are present): the
+# vocabulary size and the tokens per split, known before a corpus is read, so that limits that
+# depend on them (2 tokens per stream, memory) are checked before anything is loaded or written.
+VOCAB_SIZES: Dict[str, int] = {"ptb": 10000, "wikitext2": 33278}
+TOKENS: Dict[str, Dict[str, int]] = {
+    "ptb": {"train": 929589, "valid": 73760, "test": 82430},
+    "wikitext2": {"train": 2088628, "valid": 217646, "test": 245569},
+}
+
 # Archives holding the files above (.tgz or .zip, told apart by content), tried in order.
 # The original S3 address of WikiText-2 may no longer serve it; the second is Merity's mirror.
 DOWNLOAD_URLS: Dict[str, List[str]] = {

@@ -2,9 +2,11 @@
 
 ``check_config`` runs on every composed config (``validate.to_config``, so before Hydra starts
 as well as in each job): every number finite and within 64 bits, seeds >= 0, ``threads`` within
-the machine's cores, and a finite, positive SGD step ``lr * K**lr_power`` for every K the run
-can use. ``check_corpus_streams`` runs as soon as a corpus's token counts are known, and
-``check_data`` once the streams are built: both before the run directory is locked or written.
+the machine's cores, at most ``MAX_LAYERS`` layers, a finite, positive SGD step
+``lr * K**lr_power`` for every K the run can use, and for a corpus at least 2 tokens per stream
+(``check_corpus_streams``, from the token counts of its verified files, ``corpus.TOKENS``;
+checked again once it is read).
+``check_data`` runs once the streams are built, before the run directory is locked or written.
 Each raises ``ConfigError`` with one line naming the key(s) and what is allowed.
 """
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import TYPE_CHECKING, Dict, Iterator, Tuple
 import torch
 
 from .config import Config, ConfigError, DatasetConfig, MethodName
+from .corpus import TOKENS
 
 if TYPE_CHECKING:
     from .data import TaskData
 
 INT64 = 2 ** 63  # torch indexes, seeds and counts with 64-bit integers
+MAX_LAYERS = 100  # deeper stacks only wait: the paper's models have 1 or 2 layers
 # the SGD step and the weight decay reach the float32 weights as float32 scalars
 FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38
 
@@ -39,7 +43,13 @@ def check_config(cfg: Config) -> None:
     if cfg.optim.weight_decay > FLOAT32_MAX:
         raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay!r} is not allowed; "
                           f"optim.weight_decay must be <= {FLOAT32_MAX:.4g} (a float32 number)")
+    if cfg.model.num_layers > MAX_LAYERS:
+        raise ConfigError(f"model.num_layers={cfg.model.num_layers} is not allowed; model.num_layers "
+                          f"must be <= {MAX_LAYERS} (torch builds and runs a stack layer by layer, so "
+                          "time grows with depth: 1000 layers of width 8 take over a minute per chunk on a CPU)")
     _check_step_size(cfg)
+    if cfg.dataset.name.value in TOKENS:  # the verified files' token counts are known up front
+        check_corpus_streams(cfg.dataset, TOKENS[cfg.dataset.name.value])
 
 
 def _fields(node, prefix: str = "") -> Iterator[Tuple[str, object]]:

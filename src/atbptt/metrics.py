@@ -1,8 +1,10 @@
-"""Run outputs: ``metrics.csv`` (columns declared up front), ``run.json``, profile CSVs."""
+"""Run outputs: ``metrics.csv`` (columns declared up front, ``\\n`` line endings), ``run.json``,
+profile CSVs; and the check of the rows a resumed run keeps."""
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import math
 import os
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from .files import FileWriteError, append_line, atomic_write
 
 DELTAS = (1.0, 0.9, 0.5, 0.1)  # K_hat is logged for these delta (NOTES §3)
 GRAD_NORM_BOUNDS = ("grad", "norm_sum")  # config.GradNormBound values
@@ -44,56 +48,113 @@ def _fmt(value) -> str:
     return str(value)
 
 
+class MetricsDamage(ValueError):
+    """metrics.csv cannot back a resume; the message says what is wrong with it (one line)."""
+
+
 class MetricsWriter:
-    """Appends one row per evaluation; ``truncate`` drops rows past a checkpoint on resume."""
+    """Appends one row per evaluation (``\n`` line endings throughout); ``rows_for_resume``
+    checks the rows a checkpoint relies on, ``truncate`` keeps them and drops the rest."""
 
     def __init__(self, path: Path):
         self.path = path
 
+    def rows_for_resume(self, rows: int) -> List[List[str]]:
+        """The first ``rows`` rows, each checked: as many fields as the header, ``eval`` equal
+        to its index, numbers (or empty) in every cell. Blank lines are skipped (nothing is
+        lost); rows past ``rows`` were written after the checkpoint and are not read. Raises
+        ``MetricsDamage`` saying what is wrong (missing file, bad header, a damaged or
+        missing row)."""
+        if rows == 0:
+            return []
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise MetricsDamage(f"is missing, and the checkpoint follows {rows} of its rows") from None
+        except UnicodeDecodeError as err:
+            raise MetricsDamage(f"is not UTF-8 text (byte {err.start})") from None
+        lines = text.replace("\r\n", "\n").split("\n")
+        header = lines[0].split(",")
+        if not header or header != list(COLUMNS[:len(header)]) or len(header) < COLUMNS.index("K"):
+            raise MetricsDamage(f"has an unknown header ({lines[0][:60]!r}...)")
+        kept: List[List[str]] = []
+        for number, line in enumerate(lines[1:], start=2):
+            if len(kept) == rows:
+                break
+            if not line.strip():
+                continue  # a blank line holds no row
+            fields = next(csv.reader([line]))
+            where = f"row {len(kept)} (line {number})"
+            if len(fields) != len(header):
+                raise MetricsDamage(f"{where} has {len(fields)} fields, the header {len(header)}")
+            bad = [c for c, v in zip(header, fields) if v and not _is_number(v)]
+            if bad:
+                raise MetricsDamage(f"{where} has a value that is not a number in '{bad[0]}'")
+            if fields[0] != str(len(kept)):
+                raise MetricsDamage(f"{where} is evaluation {fields[0] or '(empty)'}, expected "
+                                    f"{len(kept)} (a row is missing or repeated)")
+            kept.append(fields + [""] * (len(COLUMNS) - len(header)))
+        if len(kept) < rows:
+            raise MetricsDamage(f"has {len(kept)} rows and the checkpoint follows {rows} "
+                                "(rows were removed)")
+        return kept
+
     def truncate(self, rows: int) -> None:
-        """Keep the header and the first ``rows`` rows (a fresh file when rows == 0)."""
-        kept: List[str] = []
-        if rows > 0 and self.path.exists():
-            kept = self.path.read_text().splitlines()[1:rows + 1]
-            if len(kept) != rows:
-                raise RuntimeError(f"{self.path} has {len(kept)} rows, the checkpoint expects {rows}")
-        _atomic_write(self.path, "\n".join([",".join(COLUMNS), *kept]) + "\n")
+        """Keep the header and the first ``rows`` rows (a fresh file when rows == 0); raises
+        ``MetricsDamage`` (before changing anything) if they are not all there and sound,
+        ``files.FileWriteError`` if the file cannot be written."""
+        kept = self.rows_for_resume(rows)
+        atomic_write(self.path, "".join(_line(r) for r in [list(COLUMNS), *kept]))
 
     def append(self, row: Dict[str, object]) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise KeyError(f"unknown metrics columns {sorted(unknown)}")
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(c)) for c in COLUMNS])
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, _line([_fmt(row.get(c)) for c in COLUMNS])[:-1])
+
+
+def _line(fields: List[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(fields)
+    return out.getvalue()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def write_profile(path: Path, phi: np.ndarray, cum: np.ndarray, tail: np.ndarray,
                   beta_hat: float, tau: int) -> None:
-    """φ̂_k, the cumulative-gradient norm and the fitted geometric tail for one evaluation."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """φ̂_k, the cumulative-gradient norm and the fitted geometric tail for one evaluation.
+
+    ``profiles/`` is created inside an existing run directory only (a removed run directory
+    is not made again); ``files.FileWriteError`` if it cannot be written."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+    except OSError as err:
+        raise FileWriteError(path.parent, err) from None
     lines = ["lag,phi,cum,tail,beta_hat,tau"]
     lines += [f"{k},{_fmt(float(p))},{_fmt(float(c))},{_fmt(float(t))},{_fmt(float(beta_hat))},{tau}"
               for k, (p, c, t) in enumerate(zip(phi, cum, tail))]
-    _atomic_write(path, "\n".join(lines) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def write_json(path: Path, payload: Dict[str, object]) -> None:
-    _atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
+    """Replace ``path`` by ``payload`` as JSON; ``files.FileWriteError`` if it cannot be written."""
+    atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Optional[Dict[str, object]]:
+    """The JSON object in ``path``; None if the file is missing, damaged or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def now_iso() -> str:

@@ -1,14 +1,13 @@
 """The training loop: TBPTT chunks, evaluations, K (re-)estimation, checkpoints, logs.
 
-``run(cfg, run_dir)`` trains one model into ``run_dir`` and returns its final status.
-Re-running it on the same directory resumes from the last checkpoint (taken at every
-evaluation, written atomically); a finished run is left as it is.
+``Trainer`` trains one model into a run directory, checkpointing at every evaluation (written
+atomically). ``run(cfg, run_dir)`` (the lifecycle around it, in ``run.py``) trains or resumes
+one run and returns its final status; a finished run is left as it is.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ from omegaconf import OmegaConf
 from . import adaptive, artbp, tensorboard_log
 from .config import Config, ConfigError, Device, LogFrom, Logger, MethodName
 from .controller import AdaptiveTruncation
-from .data import TaskData, load_task
-from .limits import check_data, uses_estimator
-from .metrics import DELTAS, MetricsWriter, git_commit, hardware, now_iso, read_json, write_json, write_profile
-from .models import ModelSpec, RNNModel, num_params, state_to
-from .rundir import CHECKPOINT, RunDirLock, bad_checkpoint, load_checkpoint, save_checkpoint
+from .data import TaskData, load_task  # noqa: F401 - train.load_task, as before
+from .limits import uses_estimator
+from .metrics import DELTAS, MetricsWriter, write_profile
+from .models import ModelSpec, RNNModel, state_to
+from .resume import config_dict as _config_dict
+from .rundir import CHECKPOINT, save_checkpoint
 from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_loss
 
 DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
@@ -489,156 +489,9 @@ def artbp_variance(model: RNNModel, split, cfg: Config, schedule: "artbp.Schedul
 
 
 # ---------------------------------------------------------------------------- one run
-def _config_dict(cfg: Config) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-
-
-def _same_run(a: dict, b: dict) -> bool:
-    """Configs that describe the same run (presentation keys may differ on a resume)."""
-    ignore = {"progress", "threads", "device", "logger", "snapshot_epochs"}
-    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
-
-
-def _run_info(cfg: Config, data: TaskData, model: RNNModel, device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware()["cpu"]
-    return {
-        "status": "running", "message": "", "experiment": cfg.experiment, "dataset": data.name,
-        "task": "classification" if data.classification else "regression",
-        "method": cfg.method.name.value, "K": cfg.K, "delta": cfg.delta, "seed": cfg.seed,
-        "style": cfg.method.style.value, "model": f"{cfg.model.cell.value.upper()} "
-        f"{cfg.model.num_layers}x{cfg.model.hidden_size}", "init": cfg.model.init.value,
-        "grad_norm_bound": cfg.method.grad_norm_bound.value,
-        "artbp": None if cfg.method.name != MethodName.artbp else {
-            **artbp.Schedule.from_config(cfg).describe(), "draws": cfg.method.artbp_draws},
-        "vocab_size": data.info.get("vocab_size"), "dims": data.info.get("dims"),
-        "true_rho": data.info.get("true_rho"), "ppl_floor": data.info.get("ppl_floor"),
-        "data_file": data.info.get("data_file"), "data_sha256": data.info.get("data_sha256"),
-        "tokens": data.tokens, "num_params": num_params(model),
-        "device": device.type, "device_name": name, "torch_version": torch.__version__,
-        "git_commit": git_commit(Path(__file__).resolve().parent), **hardware(),
-        "threads": torch.get_num_threads(), "epochs_budget": cfg.epochs, "max_time": cfg.max_time,
-        "start_time": now_iso(), "end_time": None, "config": _config_dict(cfg),
-    }
-
-
-def check_run_dir(cfg: Config, run_dir: Path) -> Optional[dict]:
-    """``run_dir``'s run.json (None if absent); ConfigError if it holds another run's config."""
-    info = read_json(run_dir / "run.json")
-    if info is not None and not _same_run(info.get("config", {}), _config_dict(cfg)):
-        raise ConfigError(f"{run_dir} holds a different run; pick another output directory "
-                          "(hydra.run.dir / hydra.sweep.dir) instead of overwriting it")
-    return info
-
-
 def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
         cache_dir: Optional[Path] = None, on_start: Optional[Callable[[], None]] = None) -> str:
-    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns its status.
+    """``run.run``: a run's lifecycle (accept, lock, start or resume, train, record the end)."""
+    from .run import run as run_lifecycle
 
-    Whatever can refuse the run is checked before anything is written, so that a refused run
-    leaves the directory as it was: another run in the directory, the limits that depend on the
-    data (``limits.check_data``), an unusable checkpoint, and another process on the directory
-    (``rundir.RunDirLock``, then held until the run ends). ``on_start`` is called once the run
-    is accepted, before its first write (the CLI writes ``.hydra/`` there)."""
-    info = check_run_dir(cfg, run_dir)
-    if _already_over(info, run_dir):
-        return str(info["status"])
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # denormals slow a diverging run tenfold
-    device = resolve_device(cfg.device)
-    data = load_task(cfg.dataset, default_data_dir, cache_dir, progress=cfg.progress)
-    check_data(cfg, data)
-    model = build_model(cfg, data, device)
-    torch.manual_seed(cfg.seed + 1)  # training randomness (dropout); restored on resume
-    trainer = Trainer(cfg, run_dir, data, model, device)
-    resume = info is not None and (run_dir / CHECKPOINT).exists()
-    if resume:  # read before the lock: checkpoints are replaced atomically, and one older than
-        _restore(trainer, run_dir / CHECKPOINT)  # the last is still consistent with metrics.csv
-    with RunDirLock(run_dir):
-        latest = check_run_dir(cfg, run_dir)  # another process may have run it meanwhile
-        if _already_over(latest, run_dir):
-            return str(latest["status"])
-        return _start(trainer, latest or info, resume, on_start)
-
-
-def _already_over(info: Optional[dict], run_dir: Path) -> bool:
-    """A finished or diverged run is left as it is; running it again says so."""
-    if info is None or info["status"] not in ("finished", "diverged"):
-        return False
-    if info["status"] == "finished":  # killed between run.json and the checkpoint's removal
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    print(f"{run_dir}: run already {info['status']}; nothing to do", flush=True)
-    return True
-
-
-def _start(trainer: Trainer, info: Optional[dict], resume: bool,
-           on_start: Optional[Callable[[], None]]) -> str:
-    """Write the run's files (resumed from its restored checkpoint, or afresh); train."""
-    cfg, run_dir, device, data = trainer.cfg, trainer.run_dir, trainer.device, trainer.data
-    info_path = run_dir / "run.json"
-    if on_start is not None:
-        on_start()
-    if resume:
-        trainer.metrics.truncate(trainer.progress.evals)
-        _say(cfg, f"resuming {run_dir} at epoch {trainer.fraction():.3f} ({trainer.progress.evals} evaluations)")
-        commit = git_commit(Path(__file__).resolve().parent)
-        if "unknown" not in (info.get("git_commit", "unknown"), commit) and commit != info["git_commit"]:
-            print(f"atbptt-run: warning: {run_dir} was started by commit {info['git_commit'][:10]} "
-                  f"and is resumed by {commit[:10]}; the result may differ from an uninterrupted "
-                  "run by rounding", file=sys.stderr, flush=True)
-            info["resumed_by_commits"] = [*info.get("resumed_by_commits", []), commit]
-        _note_resume_changes(info, run_dir, cfg.threads, device)
-    else:
-        trainer.metrics.truncate(0)
-        info = _run_info(cfg, data, trainer.model, device)
-    info.update(status="running", message="", end_time=None)
-    write_json(info_path, info)
-    _say(cfg, f"{data.name}: {info['model']}, {info['num_params']:,} parameters, {device}, "
-              f"method={cfg.method.name.value} K={cfg.K} delta={cfg.delta} -> {run_dir}")
-    return _finish(trainer, info, info_path)
-
-
-def _restore(trainer: Trainer, ckpt_path: Path) -> None:
-    """Load the checkpoint into ``trainer``; one-line ``RunDirError`` if it cannot be used."""
-    payload = load_checkpoint(ckpt_path)
-    try:
-        trainer.load(payload)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # shapes, keys, types
-        raise bad_checkpoint(ckpt_path, err) from None
-
-
-def _note_resume_changes(info: dict, run_dir: Path, threads: int, device: torch.device) -> None:
-    """Resumed with other ``threads`` or on another device type than the run last ran with:
-    the result may then differ from an uninterrupted run by rounding. Say so on stderr and
-    record it in run.json (``resumed_with_threads``, ``resumed_on_devices``: one entry per change)."""
-    for key, now, record in (("threads", threads, "resumed_with_threads"),
-                             ("device", device.type, "resumed_on_devices")):
-        before = (info.get(record) or [info.get(key)])[-1]
-        if before is not None and before != now:
-            print(f"atbptt-run: warning: {run_dir} ran with {key}={before} so far and is resumed "
-                  f"with {key}={now}; the result may differ from an uninterrupted run by rounding",
-                  file=sys.stderr, flush=True)
-            info[record] = [*info.get(record, []), now]
-
-
-def _finish(trainer: Trainer, info: dict, info_path: Path) -> str:
-    try:
-        trainer.fit()
-        info.update(status="finished")
-    except Diverged as err:
-        info.update(status="diverged", message=f"diverged at epoch {trainer.fraction():.3f}: {err}")
-        print(f"{info_path.parent}: {info['message']}", file=sys.stderr, flush=True)
-    except BaseException as err:  # recorded, then re-raised: KeyboardInterrupt included
-        info.update(status="failed", message=f"{type(err).__name__}: {err}")
-        info["end_time"] = now_iso()
-        write_json(info_path, info)
-        raise
-    info["end_time"] = now_iso()
-    write_json(info_path, info)
-    if info["status"] == "finished":
-        (info_path.parent / CHECKPOINT).unlink(missing_ok=True)  # the metrics stay
-    return str(info["status"])
-
-
-def _say(cfg: Config, text: str) -> None:
-    if cfg.progress:
-        print(text, flush=True)
+    return run_lifecycle(cfg, run_dir, default_data_dir, cache_dir, on_start)

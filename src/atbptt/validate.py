@@ -1,24 +1,29 @@
 """One-line errors for bad input, checked before Hydra runs anything.
 
-``precheck(argv)`` composes the config for every value of every command-line override (sweep
-values one at a time) with Hydra's compose API and returns a one-line message naming the key
-and what is allowed, or ``None``. For a sweep it then composes every job as Hydra's basic
-sweeper will (``check_sweep_jobs``): each must be valid, and no two may share a directory.
-``to_config`` turns a composed config into typed objects and checks the limits that span keys.
+``precheck(argv)`` reads the command line with Hydra's own parser (so ``-cd/--config-dir``,
+``-cp/--config-path`` and ``-cn/--config-name`` are understood, and a user config directory's
+presets are options like the packaged ones: ``config_source``), composes the config for every
+value of every override (sweep values one at a time) with Hydra's compose API and returns a
+one-line message naming the key and what is allowed, or ``None``. For a sweep it then composes
+every job as Hydra's basic sweeper will (``check_sweep_jobs``): each must be valid, and no two
+may share a directory. ``to_config`` turns a composed config into typed objects and checks the
+limits that span keys.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import Config, ConfigError, register_configs
+from .config import Config, ConfigError
+from .config_source import ConfigSource, composing, hydra_argv, is_group
+from .config_source import group_options as _options
 from .limits import check_config
 
 GROUPS = ("dataset", "model", "method", "experiment", "setting")
@@ -26,9 +31,9 @@ GROUPS = ("dataset", "model", "method", "experiment", "setting")
 _NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
-def group_options(group: str) -> List[str]:
-    folder = resources.files("atbptt.conf") / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def group_options(group: str, source: ConfigSource = ConfigSource()) -> List[str]:
+    """The options of a config group, the user's config directory's included."""
+    return _options(group, source)
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -86,15 +91,28 @@ def _check_output_dir(value: str) -> Optional[str]:
 
 
 def precheck(argv: List[str]) -> Optional[str]:
-    message = _check_modes(argv)
+    """One line saying what is wrong with the command line ``argv``, or None."""
+    from hydra._internal.utils import get_args_parser
+
+    argv = hydra_argv(argv)
+    try:
+        args, unknown = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # argparse already printed its one-line usage error
+        return None
+    if unknown:
+        return f"unrecognized arguments: {' '.join(unknown)} (atbptt-run --help lists the flags)"
+    message = _check_modes(args)
     if message or any(a in _NO_JOB_FLAGS or a.startswith("--cfg") for a in argv):
         return message
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
+    source = ConfigSource.from_args(args)
+    message = source.problem()
+    if message:
+        return message
+    multirun = bool(args.multirun)
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
     except Exception as err:  # noqa: BLE001 - Hydra's grammar errors are plain exceptions
         return f"cannot parse overrides: {_first_line(err)}"
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -111,28 +129,22 @@ def precheck(argv: List[str]) -> Optional[str]:
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         if o.is_sweep_override() and not multirun:
             return f"{o.input_line}: a sweep needs -m (multirun)"
-        message = _check_override(o.key_or_group, values, o.is_add(), o.is_delete())
+        message = _check_override(o.key_or_group, values, o.is_add(), o.is_delete(), source)
         if message:
             return f"{o.input_line}: {message}"
         choices[o.input_line] = [f"{'+' if o.is_add() else ''}{key}={v}" for v in values]
         plain.append(choices[o.input_line][0])
-    message = _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args)
+    message = _check_output_dir(out_dir) or _compose_all(plain, choices, hydra_args, source)
     if message or not multirun:
         return message
     task = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
-    return check_group_sweeps(argv, parsed) or check_sweep_jobs(task, hydra_args)
+    return check_group_sweeps(argv, parsed, source) or check_sweep_jobs(task, hydra_args, source)
 
 
-def _check_modes(argv: List[str]) -> Optional[str]:
+def _check_modes(args) -> Optional[str]:
     """Hydra's own rule (at most one of --run, --multirun, --cfg, --info, --shell-completion,
-    checked after --help/--hydra-help), parsed by Hydra's parser, as one line: Hydra itself
-    raises a ValueError with a traceback."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        args, _ = get_args_parser().parse_known_args(argv)
-    except SystemExit:  # argparse already printed its one-line usage error
-        return None
+    checked after --help/--hydra-help), as one line: Hydra itself raises a ValueError with a
+    traceback."""
     if args.help or args.hydra_help:
         return None
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun),
@@ -144,42 +156,57 @@ def _check_modes(argv: List[str]) -> Optional[str]:
     return None
 
 
-def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool) -> Optional[str]:
+def _check_override(key: str, values: List[str], is_add: bool, is_delete: bool,
+                    source: ConfigSource = ConfigSource()) -> Optional[str]:
     if is_delete:
         return "deleting keys is not supported"
-    if key in GROUPS or key.split("@")[0] in GROUPS:
-        options = group_options(key.split("@")[0])
+    group = key.split("@")[0]
+    unknown_key = None if group in GROUPS else _check_key(key)
+    if group in GROUPS or (unknown_key and "." not in group and is_group(group, source)):
+        options = group_options(group, source)
         bad = [v for v in values if v not in options]  # null too: Hydra cannot compose it
         if bad:
             return f"unknown {key} '{bad[0]}'; allowed: {', '.join(options)}"
         return None
-    return _check_key(key)
+    return unknown_key
 
 
-def _compose_all(plain: List[str], choices: Dict[str, List[str]],
-                 hydra_args: List[str] = ()) -> Optional[str]:
+def _compose_all(plain: List[str], choices: Dict[str, List[str]], hydra_args: List[str] = (),
+                 source: ConfigSource = ConfigSource()) -> Optional[str]:
     """Compose once per sweep value (the others at their first value) and validate; Hydra's
     own overrides (``hydra/launcher=joblib``, ``hydra.launcher.n_jobs=2``...) once with them."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
 
-    register_configs()
     variants = [plain] + [[v if p == vals[0] else p for p in plain] for vals in choices.values()
                           for v in vals[1:]]
-    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
+    name = source.config_name
+    with composing(source):
         for i, overrides in enumerate(variants):
             try:
                 if i == 0 and hydra_args:
-                    compose(config_name="config", overrides=[*hydra_args, *overrides],
+                    compose(config_name=name, overrides=[*hydra_args, *overrides],
                             return_hydra_config=True)
-                config = to_config(compose(config_name="config", overrides=overrides))
+                config = to_config(compose(config_name=name, overrides=overrides))
                 _check_device(config)
                 _check_logger(config)
             except ConfigError as err:
                 return str(err)
             except Exception as err:  # noqa: BLE001 - composition errors name the override
                 cause = err.__cause__ or err
-                return _first_line(err) + (f" ({_first_line(cause)})" if cause is not err else "")
+                return _plus_hint(_first_line(err), overrides) or (
+                    _first_line(err) + (f" ({_first_line(cause)})" if cause is not err else ""))
     return None
+
+
+def _plus_hint(message: str, overrides: List[str]) -> Optional[str]:
+    """Hydra's 'Multiple values for G' for ``+G=x`` where G is in the defaults list already
+    (as ``experiment`` is): say to drop the '+'."""
+    match = re.match(r"Multiple values for (\S+)\.", message)
+    added = [o for o in overrides if match and o.startswith(f"+{match.group(1)}=")]
+    if not added:
+        return None
+    return (f"{added[0]}: {match.group(1)} is in the defaults list already, so it is chosen "
+            f"without '+': {added[0][1:]}")
 
 
 def _check_device(config: Config) -> None:
@@ -199,16 +226,16 @@ def _check_logger(config: Config) -> None:
 
 
 # ------------------------------------------------------------------------------ sweeps
-def check_group_sweeps(argv: List[str], parsed) -> Optional[str]:
+def check_group_sweeps(argv: List[str], parsed, source: ConfigSource = ConfigSource()) -> Optional[str]:
     """A sweep over group options that carry their own sweeps (``-m experiment=a,b``) would run
     one job per option, not their grids: refused, with the commands that run each grid."""
     for o in parsed:
         group = o.key_or_group.split("@")[0]
-        if not o.is_sweep_override() or group not in GROUPS:
+        if not o.is_sweep_override() or "." in group or not is_group(group, source):
             continue
         prefix = "+" if o.is_add() else ""
         values = list(o.sweep_string_iterator())
-        if any(_carries_sweep(f"{prefix}{o.key_or_group}={v}") for v in values):
+        if any(_carries_sweep(f"{prefix}{o.key_or_group}={v}", source) for v in values):
             commands = "; ".join(shlex.join(["atbptt-run", *(f"{prefix}{o.key_or_group}={v}"
                                                             if a == o.input_line else a for a in argv)])
                                  for v in values)
@@ -217,16 +244,15 @@ def check_group_sweeps(argv: List[str], parsed) -> Optional[str]:
     return None
 
 
-def _carries_sweep(override: str) -> bool:
-    from hydra import compose, initialize_config_module
+def _carries_sweep(override: str, source: ConfigSource = ConfigSource()) -> bool:
+    from hydra import compose
 
-    register_configs()
-    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
+    with composing(source):
+        cfg = compose(config_name=source.config_name, overrides=[override], return_hydra_config=True)
     return bool(cfg.hydra.sweeper.params)
 
 
-def sweep_jobs(task: List[str], hydra_args: List[str]) -> List[List[str]]:
+def sweep_jobs(task: List[str], hydra_args: List[str], config_name: str = "config") -> List[List[str]]:
     """The overrides of every job, as Hydra's basic sweeper expands them: the preset's
     ``hydra.sweeper.params`` first, replaced by the command line's values for the same key."""
     from hydra import compose
@@ -235,25 +261,26 @@ def sweep_jobs(task: List[str], hydra_args: List[str]) -> List[List[str]]:
 
     parser = OverridesParser.create()
     fixed = [o.input_line for o in parser.parse_overrides(task) if not o.is_sweep_override()]
-    master = compose(config_name="config", overrides=[*hydra_args, *fixed], return_hydra_config=True)
+    master = compose(config_name=config_name, overrides=[*hydra_args, *fixed], return_hydra_config=True)
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
     (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]), None)
     return jobs
 
 
-def check_sweep_jobs(task: List[str], hydra_args: List[str]) -> Optional[str]:
+def check_sweep_jobs(task: List[str], hydra_args: List[str],
+                     source: ConfigSource = ConfigSource()) -> Optional[str]:
     """Compose each job of a sweep: its config must be valid, and its directory
     (``hydra.sweep.subdir``) its own."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
 
-    register_configs()
     _register_dirname_resolver()
     seen: Dict[str, str] = {}
-    with initialize_config_module(config_module="atbptt.conf", version_base="1.3"):
-        for num, job in enumerate(sweep_jobs(task, hydra_args)):
+    with composing(source):
+        for num, job in enumerate(sweep_jobs(task, hydra_args, source.config_name)):
             name = ",".join(job) or "(no overrides)"
             try:
-                cfg = compose(config_name="config", overrides=[*hydra_args, *job], return_hydra_config=True)
+                cfg = compose(config_name=source.config_name, overrides=[*hydra_args, *job],
+                              return_hydra_config=True)
                 subdir = _job_subdir(cfg, num)
             except Exception as err:  # noqa: BLE001 - composition errors name the override
                 return f"job {name}: {_first_line(err)}"
