@@ -2,8 +2,10 @@
 
 ``hydra/launcher=joblib`` selects this launcher: ``register`` stores its config
 (``JoblibConf``: the plugin's keys plus ``retries``) in Hydra's ConfigStore under the plugin's
-own name, after Hydra has scanned the plugins. It runs the jobs as Hydra's does, in loky worker
-processes, with two differences:
+own name, after Hydra has scanned the plugins. Hydra instantiates launchers from the
+``hydra_plugins`` package only, so the class itself, ``JoblibLauncher``, is defined in
+``hydra_plugins/atbptt_launcher/`` (shipped with atbptt) from ``RetryingLaunch`` here. It runs
+the jobs as Hydra's does, in loky worker processes, with two differences:
 
 - **A worker that dies** (SIGKILL, the out-of-memory killer) breaks loky's pool, and loky then
   kills the other workers: joblib cannot keep one job's process apart from the others'. So the
@@ -39,16 +41,18 @@ gave_up: List[str] = []  # in the launching process: jobs whose worker died ever
 
 @dataclass
 class JoblibConf(JobLibLauncherConf):
-    _target_: str = "atbptt.launcher.JoblibLauncher"
+    _target_: str = "hydra_plugins.atbptt_launcher.joblib_launcher.JoblibLauncher"
     retries: int = 2  # times the jobs whose worker died run again (resuming from checkpoints)
 
 
 def register() -> None:
     """Store ``JoblibConf`` as ``hydra/launcher=joblib``, over the plugin's own entry (Hydra
-    stores that when it first scans the plugins, which is done here first)."""
+    stores that when it first scans the plugins, which is done here first), and register the
+    launcher class with Hydra (its scan misses packages installed in editable mode)."""
     from hydra.core.plugins import Plugins
+    from hydra_plugins.atbptt_launcher.joblib_launcher import JoblibLauncher
 
-    Plugins.instance()
+    Plugins.instance().register(JoblibLauncher)
     ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=JoblibConf,
                                  provider="atbptt")
 
@@ -72,10 +76,13 @@ def _job(idx: int, num: int, overrides: Sequence[str], hydra_context, config, ta
     """One job in a worker: (its index, its JobReturn); a stopping worker skips it."""
     from hydra_plugins.hydra_joblib_launcher import _core
 
+    global _stop_requested
     if _stop_requested:
         return idx, _skipped(overrides, "interrupted")
-    return idx, _core.execute_job(num, overrides, hydra_context, config, task_function,
-                                  singleton_state)
+    ret = _core.execute_job(num, overrides, hydra_context, config, task_function, singleton_state)
+    if getattr(ret, "_return_value", None) == "interrupted":  # SIGTERM reached the run itself
+        _stop_requested = True
+    return idx, ret
 
 
 def _skipped(overrides: Sequence[str], value: str) -> JobReturn:
@@ -84,8 +91,9 @@ def _skipped(overrides: Sequence[str], value: str) -> JobReturn:
     return ret
 
 
-class JoblibLauncher(_Base):
-    """``hydra_joblib_launcher``'s launcher with retries and signal forwarding (see the module)."""
+class RetryingLaunch(_Base):
+    """``hydra_joblib_launcher``'s launcher with retries and signal forwarding (see the module);
+    ``ValueError`` if ``retries`` is not an integer >= 0."""
 
     def __init__(self, retries: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
