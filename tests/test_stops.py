@@ -161,3 +161,13 @@ def test_any_write_failing_stops_cleanly_and_the_resume_is_lossless(tmp_path_fac
     assert temporaries(run_dir) == []
     assert train.run(cfg, run_dir) in ("finished",)
     assert rows(run_dir) == rows(root / "reference")
+
+
+@pytest.mark.usefixtures("torch_state")
+def test_a_diverged_run_keeps_no_checkpoint(tmp_path):
+    """Nothing is left to resume (running it again is a no-op), so the checkpoint goes, as a
+    finished run's does; metrics.csv and run.json stay."""
+    run_dir = tmp_path / "run"
+    assert train.run(tiny_config("optim.lr=1e9"), run_dir) == "diverged"
+    assert not (run_dir / "checkpoint.pt").exists() and status(run_dir)["status"] == "diverged"
+    assert (run_dir / "metrics.csv").exists() and temporaries(run_dir) == []

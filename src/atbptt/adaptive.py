@@ -243,6 +243,25 @@ def _per_window_gradients(grads: list, states: list) -> Tensor:
     return torch.stack(rows[::-1]).detach().double()
 
 
+def check_layout(model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
+    """Raise ValueError unless ``inputs`` and ``targets`` are time-major tensors ``[T, B, ...]``
+    of one T >= 1 and one B, and no layer of ``model`` expects ``batch_first`` input."""
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, Tensor) or value.dim() < 2:
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a time-major tensor [T, B, ...] (T steps of B "
+                             f"streams); got {shape}")
+    if inputs.shape[:2] != targets.shape[:2] or inputs.shape[0] < 1:
+        raise ValueError(f"inputs {list(inputs.shape)} and targets {list(targets.shape)} must "
+                         "share their first two dimensions [T, B] (time-major), with T >= 1")
+    layers = [name or type(m).__name__ for name, m in model.named_modules()
+              if getattr(m, "batch_first", False) is True]
+    if layers:
+        raise ValueError(f"the model's layer '{layers[0]}' has batch_first=True, and the "
+                         "estimator feeds time-major input [T, B, ...]: build it with "
+                         "batch_first=False")
+
+
 # ----------------------------------------------------------------------------- profile
 
 def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
@@ -261,7 +280,9 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
     takes the authors' convention whatever the model (lag k = ``s_{W-1-k}``; module docstring),
     ``state_after_step`` insists on ``s_W``. Raises ValueError if the loss has another shape,
     depends on no state, ``forward`` detaches its state, or ``lag0=state_after_step`` is asked
-    of a model whose loss does not read the state the last step returns."""
+    of a model whose loss does not read the state the last step returns, and as
+    ``check_layout`` (a window of 0 steps, a batch_first model)."""
+    check_layout(model, inputs, targets)
     W = inputs.shape[0]
     with _profile_backend(model, inputs), torch.enable_grad():
         # a leaf that requires grad keeps every later state in the graph even if no
@@ -433,8 +454,10 @@ def geometric_tail(phi_mean, beta_hat: float, tau: int) -> np.ndarray:
     k = np.arange(phi_mean.size, dtype=float)
     if beta_hat <= 0:
         return np.where(k == tau, phi_mean[tau], np.where(k > tau, 0.0, np.nan))
-    with np.errstate(over="ignore"):  # a steep fit overflows far before τ: inf is right
-        return phi_mean[tau] * np.exp((k - tau) * math.log(beta_hat))
+    # in logs: a steep fit overflows far before τ (inf is right), and a φ̂_τ that underflowed to
+    # 0 (long windows) gives 0 everywhere, not 0·inf = NaN
+    with np.errstate(over="ignore", divide="ignore"):
+        return np.exp(np.log(phi_mean[tau]) + (k - tau) * math.log(beta_hat))
 
 
 def k_hat(rel_bias, delta: float) -> int:
@@ -593,6 +616,7 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
         raise ValueError(f"need num_estimates >= 1 (got {num_estimates}), num_windows >= 1 "
                          f"(got {num_windows}), window >= 1 (got {window}), burn_in >= 0 "
                          f"(got {burn_in})")
+    check_layout(model, inputs, targets)
     start = time.perf_counter()
     device = torch.device(device) if device is not None else _device_of(model, inputs)
     k_max = window if k_max is None else k_max

@@ -50,7 +50,8 @@ def check_slurm(partition: Optional[str] = None) -> Optional[str]:
                 "hydra/launcher=submitit_local")
     conf = os.environ.get("SLURM_CONF")
     if conf and not Path(conf).is_file():
-        return f"hydra/launcher=submitit_slurm: SLURM_CONF={conf} is not a file; point it at the cluster's slurm.conf"
+        return (f"hydra/launcher=submitit_slurm: SLURM_CONF={conf} is not a file; point it at "
+                "the cluster's slurm.conf")
     found = partitions()
     if isinstance(found, str):
         return f"hydra/launcher=submitit_slurm: the SLURM controller does not answer: {found}"

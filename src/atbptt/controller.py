@@ -16,6 +16,7 @@ the model's mode while profiling, and the time spent. A loop changes in two line
 """
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -43,6 +44,21 @@ def run_estimate(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, *,
         model.train(was_training)
 
 
+_OPTIONAL = ("burn_in", "k_max", "K0")  # None picks a default
+
+
+def _require_numbers(delta: Any, **counts: Any) -> None:
+    """ValueError naming the first argument of the wrong type: ``delta`` a real number, the
+    counts integers (bools excluded), None only where it picks a default."""
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
+        raise ValueError(f"delta={delta!r} must be a number in (0, 1]")
+    for name, value in counts.items():
+        if value is None and name in _OPTIONAL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name}={value!r} must be an integer")
+
+
 class AdaptiveTruncation:
     """Chooses the truncation K of a user's TBPTT loop so that δ̂(K) < ``delta``.
 
@@ -66,7 +82,10 @@ class AdaptiveTruncation:
     first interval; an update comes once ``reestimate_every`` units have been passed to
     ``step`` since the last one, or (if set) ``reestimate_seconds`` of training, whichever
     first. K changes only at updates. ``K0=None``: estimate at once. ``seed`` seeds the
-    windows. Raises ValueError on a bad setting or a split shorter than ``burn_in + window``."""
+    windows. Raises ValueError naming the argument on a bad setting (a count that is not an
+    integer, a value out of range), a split shorter than ``burn_in + window``, inputs and
+    targets that are not time-major tensors ``[T, B, ...]`` of one T and B, or a model with a
+    ``batch_first=True`` layer (``adaptive.check_layout``)."""
 
     def __init__(self, model: nn.Module, inputs: Tensor, targets: Tensor,
                  loss_fn: Callable[[Tensor, Tensor], Tensor], *, delta: float = 0.1,
@@ -80,6 +99,10 @@ class AdaptiveTruncation:
                  profile_dropout: bool = True, init_state: Optional[Callable[[int], Any]] = None,
                  device: torch.device | str | None = None, seed: int = 0):
         self.model, self.inputs, self.targets, self.loss_fn = model, inputs, targets, loss_fn
+        _require_numbers(delta, window=window, num_windows=num_windows, num_estimates=num_estimates,
+                         k_min=k_min, k_max=k_max, burn_in=burn_in, reestimate_every=reestimate_every,
+                         K0=K0)
+        adaptive.check_layout(model, inputs, targets)  # before inputs.shape is read
         self.delta, self.window = float(delta), int(window)
         self.burn_in = self.window // 10 if burn_in is None else int(burn_in)
         self.k_min, self.k_max = int(k_min), self.window if k_max is None else int(k_max)

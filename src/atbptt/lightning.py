@@ -159,8 +159,8 @@ class TBPTTMixin:
             inputs, targets = data.inputs, data.targets
         K0 = int(state["K"]) if state else tr.K0  # resuming: no estimate at construction
         ctl = AdaptiveTruncation(
-            self.tbptt_model(), inputs, targets, self.window_loss, delta=tr.delta, K0=K0, window=tr.window,
-            burn_in=tr.burn_in, num_windows=tr.num_windows, k_min=tr.k_min, k_max=tr.k_max,
+            self.tbptt_model(), inputs, targets, self.window_loss, delta=tr.delta, K0=K0,
+            window=tr.window, burn_in=tr.burn_in, num_windows=tr.num_windows, k_min=tr.k_min, k_max=tr.k_max,
             reestimate_every=tr.reestimate_every, grad_norm_bound=tr.grad_norm_bound,
             device=self.device, seed=tr.seed, **dict(tr.options))
         if state:
