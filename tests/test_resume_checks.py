@@ -251,3 +251,24 @@ def test_a_missing_key_with_another_value_here_is_a_different_run(made, tmp_path
     (run_dir / "run.json").write_text(json.dumps(info))
     refused(tiny_config("method.artbp_alpha=5.0"), run_dir, "holds a different run",
             "method.artbp_alpha absent there, 5.0 here")
+
+
+def test_rows_written_before_diagnostic_time_existed_are_kept_and_padded(tmp_path):
+    """A metrics.csv whose header is an older prefix of the columns: its rows are kept, the
+    new columns empty, and the file gets the full header."""
+    from atbptt.metrics import COLUMNS, MetricsWriter
+
+    path = tmp_path / "metrics.csv"
+    old = COLUMNS[:-1]
+    row = ["0", "0.0", "0", "0", *["1.5"] * (len(old) - 4)]
+    path.write_text(",".join(old) + "\n" + ",".join(row) + "\n")
+    MetricsWriter(path).truncate(1)
+    header, kept = path.read_text().splitlines()
+    assert header == ",".join(COLUMNS) and kept == ",".join(row) + ","
+
+
+def test_a_directory_in_place_of_metrics_csv_is_refused(made, tmp_path):
+    run_dir = copy_of(made, tmp_path)
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "metrics.csv").mkdir()
+    refused(tiny_config(), run_dir, "metrics.csv cannot be read")

@@ -71,6 +71,8 @@ class MetricsWriter:
             text = self.path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise MetricsDamage(f"is missing, and the checkpoint follows {rows} of its rows") from None
+        except OSError as err:  # a directory in its place, no permission
+            raise MetricsDamage(f"cannot be read ({err.strerror or err})") from None
         except UnicodeDecodeError as err:
             raise MetricsDamage(f"is not UTF-8 text (byte {err.start})") from None
         lines = text.replace("\r\n", "\n").split("\n")

@@ -147,6 +147,8 @@ def _start(trainer: Trainer, plan: resume.Plan, lock: RunDirLock,
     except FileWriteError as err:
         _record_stop(run_dir, info, "failed", str(err), lock)
         raise RunStopped(_failed_line(err, run_dir), 2) from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Interrupted), while starting
+        raise _interrupted(err, trainer, info, lock) from None
     _say(cfg, f"{trainer.data.name}: {info['model']}, {info['num_params']:,} parameters, {device}, "
               f"method={cfg.method.name.value} K={cfg.K} delta={cfg.delta} -> {run_dir}")
     return _finish(trainer, info, lock)
@@ -176,12 +178,7 @@ def _finish(trainer: Trainer, info: dict, lock: RunDirLock) -> str:
         info.update(status="diverged", message=f"diverged at epoch {trainer.fraction():.3f}: {err}")
         print(f"{run_dir}: {info['message']}", file=sys.stderr, flush=True)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Interrupted)
-        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        evals = trainer.progress.evals
-        message = (f"interrupted by {signal.Signals(signum).name} at evaluation {evals}; rerun "
-                   "the same command to resume")
-        _record_stop(run_dir, info, "interrupted", message, lock)
-        raise Interrupted(signum, f"{run_dir}: {message}") from None
+        raise _interrupted(err, trainer, info, lock) from None
     except (FileWriteError, RunDirGone) as err:
         err = _gone(lock) or err  # a write that failed because the directory went: say that
         _record_stop(run_dir, info, "failed", str(err), lock)
@@ -197,9 +194,22 @@ def _finish(trainer: Trainer, info: dict, lock: RunDirLock) -> str:
     except (FileWriteError, RunDirGone) as err:
         remove_temporaries([run_dir, run_dir / "profiles", run_dir / "snapshots"])
         raise RunStopped(_failed_line(err, run_dir), 1) from None
+    except KeyboardInterrupt as err:  # the last checkpoint is done: a resume only records it
+        raise _interrupted(err, trainer, info, lock) from None
     if info["status"] in OVER:  # nothing left to resume; the metrics stay
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return str(info["status"])
+
+
+def _interrupted(err: KeyboardInterrupt, trainer: Trainer, info: Optional[dict],
+                 lock: RunDirLock) -> Interrupted:
+    """Record status 'interrupted' (where there is a run.json to record it in) and return the
+    exception that carries the line and the exit code."""
+    signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+    message = (f"interrupted by {signal.Signals(signum).name} at evaluation "
+               f"{trainer.progress.evals}; rerun the same command to resume")
+    _record_stop(trainer.run_dir, info, "interrupted", message, lock)
+    return Interrupted(signum, f"{trainer.run_dir}: {message}")
 
 
 def _gone(lock: RunDirLock) -> Optional[RunDirGone]:
