@@ -236,11 +236,12 @@ def _lag0(grads: list) -> Lag0:
 def _per_window_gradients(grads: list, states: list) -> Tensor:
     """Stack the gradients of W states (oldest first) as ``[W lags, S, D]``, lag 0 first:
     each state's tensors ``[L, S, H]`` (h, and c for an LSTM) become one vector per window."""
-    rows = []
-    for gs, st in zip(grads, states):
-        parts = [torch.zeros_like(n) if g is None else g for g, n in zip(gs, _tensors(st))]
-        rows.append(torch.cat([p.transpose(0, 1).reshape(p.shape[1], -1) for p in parts], 1))
-    return torch.stack(rows[::-1]).detach().double()
+    rows = [[torch.zeros_like(n) if g is None else g for g, n in zip(gs, _tensors(st))]
+            for gs, st in zip(grads[::-1], states[::-1])]
+    # one stack per state tensor (h, c): [W, L, S, H] -> [W, S, L*H], then h and c side by side
+    per_tensor = [torch.stack([row[j] for row in rows]).detach() for j in range(len(rows[0]))]
+    return torch.cat([t.double().transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+                      for t in per_tensor], 2)
 
 
 def check_layout(model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
@@ -283,6 +284,21 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
     of a model whose loss does not read the state the last step returns, and as
     ``check_layout`` (a window of 0 steps, a batch_first model)."""
     check_layout(model, inputs, targets)
+    grad, lag0, scalar = profile_gradients(model, inputs, targets, state,
+                                           lambda out, target: _window_loss(loss_fn, out, target),
+                                           lag0)
+    return profile_of(grad, lag0, scalar)
+
+
+def profile_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, state,
+                      window_loss: Callable[[Tensor, Tensor], Tuple[Tensor, bool]],
+                      lag0: Lag0 | str | None = None) -> Tuple[Tensor, Lag0, bool]:
+    """The state gradients behind a profile, from ONE backward pass (``grad_norm_profile``).
+
+    ``window_loss(out [S, O], targets[-1]) -> (loss to backpropagate, whether loss_fn returned
+    a scalar)``. Returns ``grad`` ``[W lags, S, D]`` (float64, lag 0 first; D = every layer's
+    h, and c, concatenated), the lag convention and the scalar flag. Raises as
+    ``grad_norm_profile``."""
     W = inputs.shape[0]
     with _profile_backend(model, inputs), torch.enable_grad():
         # a leaf that requires grad keeps every later state in the graph even if no
@@ -294,7 +310,7 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
             states.append(state)
         out, state = _readout(model, inputs[W - 1:], state)
         states.append(state)
-        loss, scalar = _window_loss(loss_fn, out, targets[-1])
+        loss, scalar = window_loss(out, targets[-1])
         grads = _state_gradients(loss, states)  # s_0 .. s_W
     found = _lag0(grads)
     lag0 = found if lag0 is None else Lag0(lag0)
@@ -303,7 +319,11 @@ def grad_norm_profile(model: nn.Module, inputs: Tensor, targets: Tensor, state,
                          "last step returns (its readout reads the output sequence); use "
                          "lag0=state_entering_step or None")
     pick = slice(1, W + 1) if lag0 == Lag0.state_after_step else slice(0, W)
-    grad = _per_window_gradients(grads[pick], states[pick])  # (W lags, S, D), lag 0 first
+    return _per_window_gradients(grads[pick], states[pick]), lag0, scalar  # (W lags, S, D)
+
+
+def profile_of(grad: Tensor, lag0: Lag0, scalar: bool) -> Profile:
+    """φ ``[W, S]`` and G ``[W]`` of the state gradients ``grad`` ``[W lags, S, D]``."""
     phi = grad.norm(dim=2)
     cum = grad.mean(dim=1).cumsum(dim=0).norm(dim=1)  # G_k
     return Profile(phi.cpu(), cum.cpu(), lag0, scalar)
@@ -596,7 +616,8 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
              device: torch.device | str | None = None,
              grad_norm_bound: GradNormBound | str = GradNormBound.grad,
              init_state: Optional[Callable[[int], Any]] = None,
-             average: Average | str = Average.k_hat, lag0: Lag0 | str | None = None) -> Estimate:
+             average: Average | str = Average.k_hat, lag0: Lag0 | str | None = None,
+             batch_estimates: bool = False) -> Estimate:
     """K̂(δ) and δ̂(K) from ``num_estimates`` independent profiles (Algorithm 1; NOTES §3).
 
     ``inputs``/``targets``: a training split ``[T, B, ...]`` (time-major streams, T ≥
@@ -608,7 +629,9 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
     ``grad_norm_bound`` picks the stand-in behind ``rel_bias`` and ``K_hat`` (``grad`` or
     ``norm_sum``, see ``relative_bias``); both are computed, in ``by_bound``. ``average``:
     how the profiles are combined (``Estimate``); ``lag0``: as in ``grad_norm_profile``.
-    Never changes the global RNG (training randomness is unaffected): windows come from
+    ``batch_estimates``: the ``num_estimates`` profiles in one pass over N×S windows, split
+    back into N (``atbptt.batched``; the same windows, and in eval mode the same numbers up to
+    float rounding; with dropout active other masks). Never changes the global RNG (training randomness is unaffected): windows come from
     ``generator``, and in training mode the dropout masks from a seed drawn from it. The caller
     sets the mode (the authors profile in training mode, dropout active). ``seconds`` is the
     wall clock. Raises ValueError on a bad argument or a NaN profile."""
@@ -625,20 +648,24 @@ def estimate(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int, 
     phis, cums, betas = [], [], []
     rels = {b: [] for b in GradNormBound}
     found = Lag0.state_after_step
+    sampling = dict(window=window, burn_in=burn_in, num_windows=num_windows, loss_fn=loss_fn,
+                    generator=generator, device=device, init_state=init_state, lag0=lag0)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        for _ in range(num_estimates):
-            profile = _profile_once(model, inputs, targets, window=window, burn_in=burn_in,
-                                    num_windows=num_windows, loss_fn=loss_fn,
-                                    generator=generator, device=device, init_state=init_state,
-                                    lag0=lag0)
-            phi, cum, found = profile.phi.numpy(), profile.cum.numpy(), profile.lag0
-            for bound in GradNormBound:
-                beta, rel = relative_bias(phi, cum, beta_method, tau, grad_norm_bound=bound)
-                rels[bound].append(rel)
-            phis.append(phi.mean(axis=1))
-            cums.append(cum)
-            betas.append(beta)  # β̂ does not depend on the stand-in
+        if batch_estimates:
+            from .batched import profiles_together
+            profiles = profiles_together(model, inputs, targets, num_estimates, **sampling)
+        else:
+            profiles = [_profile_once(model, inputs, targets, **sampling)
+                        for _ in range(num_estimates)]
+    for profile in profiles:
+        phi, cum, found = profile.phi.numpy(), profile.cum.numpy(), profile.lag0
+        for bound in GradNormBound:
+            beta, rel = relative_bias(phi, cum, beta_method, tau, grad_norm_bound=bound)
+            rels[bound].append(rel)
+        phis.append(phi.mean(axis=1))
+        cums.append(cum)
+        betas.append(beta)  # β̂ does not depend on the stand-in
     phi_mean, cum_mean, beta_hat = np.mean(phis, 0), np.mean(cums, 0), float(np.mean(betas))
     k_hats = {b: {d: [k_hat(r, d) for r in rels[b]] for d in deltas} for b in GradNormBound}
     if average == Average.k_hat:

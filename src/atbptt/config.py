@@ -198,6 +198,10 @@ class MethodConfig:
     grad_norm_bound: GradNormBound = GradNormBound.grad
     # profile with dropout active, as the authors' estimator does (training mode); false: eval mode
     profile_dropout: bool = True
+    # the num_estimates profiles of one update (and the logged fresh ones) in one pass over
+    # N x S windows (src/atbptt/batched.py): the same windows; in eval mode the same numbers up
+    # to float rounding, with dropout active other masks. Off: N passes, as the committed runs
+    batch_estimates: bool = False
     # method=artbp (K is the mean truncation length; see src/atbptt/artbp.py and the README)
     artbp_schedule: TruncationSchedule = TruncationSchedule.constant
     artbp_alpha: float = 4.0  # tail exponent of the poly schedule (> 3: finite variance of lengths)

@@ -77,6 +77,9 @@ class AdaptiveTruncation:
     independent estimates, each from its own profile of S windows, combined by ``average``
     (``k_hat``: the authors' clamp(int(mean of unclamped K̂)); ``profiles``: K̂ of the pooled
     profile). K is clamped to [``k_min``, ``k_max``] (``k_max`` ≤ W, default W).
+    ``batch_estimates``: the ``num_estimates`` profiles of an update (and of
+    ``fresh_estimate``) in one pass over N×S windows (``atbptt.batched``: the same windows; in
+    eval mode the same numbers up to float rounding, with dropout active other masks).
 
     Schedule (NOTES §3 step 7): ``K0`` is used until the first update, which comes after the
     first interval; an update comes once ``reestimate_every`` units have been passed to
@@ -97,7 +100,8 @@ class AdaptiveTruncation:
                  grad_norm_bound: GradNormBound | str = GradNormBound.grad,
                  average: Average | str = Average.k_hat, lag0: Lag0 | str | None = None,
                  profile_dropout: bool = True, init_state: Optional[Callable[[int], Any]] = None,
-                 device: torch.device | str | None = None, seed: int = 0):
+                 device: torch.device | str | None = None, seed: int = 0,
+                 batch_estimates: bool = False):
         self.model, self.inputs, self.targets, self.loss_fn = model, inputs, targets, loss_fn
         _require_numbers(delta, window=window, num_windows=num_windows, num_estimates=num_estimates,
                          k_min=k_min, k_max=k_max, burn_in=burn_in, reestimate_every=reestimate_every,
@@ -115,7 +119,7 @@ class AdaptiveTruncation:
             num_estimates=int(num_estimates), beta_method=BetaMethod(beta_method), tau=tau,
             grad_norm_bound=GradNormBound(grad_norm_bound), average=Average(average),
             lag0=None if lag0 is None else Lag0(lag0), init_state=init_state, device=device,
-            k_min=self.k_min, k_max=self.k_max,
+            k_min=self.k_min, k_max=self.k_max, batch_estimates=bool(batch_estimates),
             deltas=tuple(dict.fromkeys((*LOGGED_DELTAS, self.delta))))
         self.generator = torch.Generator().manual_seed(seed)
         self.estimate: Optional[adaptive.Estimate] = None  # the latest

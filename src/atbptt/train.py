@@ -70,7 +70,8 @@ def build_controller(cfg: Config, data: TaskData, model: RNNModel, loss_fn,
         reestimate_every=m.reestimate_steps if m.reestimate_steps is not None else m.reestimate_every,
         reestimate_seconds=m.reestimate_seconds, beta_method=m.beta_method, tau=m.tau,
         grad_norm_bound=m.grad_norm_bound, average=m.average, lag0=m.lag0,
-        profile_dropout=m.profile_dropout, device=device, seed=cfg.seed + ESTIMATOR_SEED)
+        profile_dropout=m.profile_dropout, device=device, seed=cfg.seed + ESTIMATOR_SEED,
+        batch_estimates=m.batch_estimates)
 
 
 @dataclass
