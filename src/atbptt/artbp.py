@@ -23,9 +23,15 @@ How this code runs it (on the streams of ``atbptt.tbptt``):
   with the data (the state is reset there, so nothing is cut).
 - **Draw points.** Truncation points may fall every ``stride`` steps after a cut
   (``stride = 1``: every step, the paper's scheme; ``c_n = 0`` in between is an instance of the
-  paper's general ``c_t``). Between two draw points no cut can fall, so the recurrent core runs
-  fused over them; the compensation is applied at each draw point that said 'do not cut', to
-  the state entering the next run (identity forward, ``grad * factor`` backward).
+  paper's general ``c_t``). The compensation is applied at each draw point that said 'do not
+  cut', to the state entering the next step (identity forward, ``grad * factor`` backward).
+- **Fused or stepwise.** A segment's length is drawn before it runs, so every transition's
+  compensation is known in advance (``step_factors``): by default (``fused=True``,
+  ``method.artbp_fused``) each layer of the segment runs through the fused recurrent kernel
+  with a backward pass that applies the factors (``atbptt.artbp_fused``); ``fused=False`` runs
+  the core fused between draw points and ``compensate``s the state between the runs (one step
+  at a time for ``stride = 1``). Both give the same gradient up to float rounding and draw the
+  same random numbers.
 - **Schedules** (``n`` = draw points since the last cut, ``m = K / stride`` the mean length in
   draw points; K is the mean segment length in steps):
   ``constant``: ``c_n = 1 / m``, geometric lengths, compensation growing like ``(1 - c)^-n``;
@@ -50,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import artbp_fused, readout
 from .config import Config, TruncationSchedule
 from .data import Split
 from .models import RNNModel, State, detach_state
@@ -179,12 +186,36 @@ def compensate(state: State, factor: float) -> State:
     return _ScaleGrad.apply(state, factor)
 
 
-def run_segment(model: RNNModel, emb: Tensor, state: State,
-                schedule: Optional[Schedule]) -> Tuple[Tensor, State]:
-    """The recurrent core over one segment, ``emb [L, B, E]`` from ``state`` (its cut): fused
-    runs between draw points, ``compensate`` at each draw point (``schedule=None``: one fused
-    run, plain BPTT). Returns the top-layer hidden ``[L, B, H]`` and the last state."""
+def step_factors(schedule: Schedule, length: int) -> List[float]:
+    """The scale of the gradient entering each step s of a segment of ``length`` steps:
+    ``compensate``'s at the n-th draw point (s = n·stride, factor ``schedule.factor(n)``), 1 at
+    every other step and at s = 0 (the cut). Read off ``compensate`` through one probe, so that
+    the fused path applies exactly what the stepwise one applies between its runs."""
+    factors = [1.0] * length
+    points = list(range(schedule.stride, length, schedule.stride))
+    if points:
+        with torch.enable_grad():
+            probe = torch.ones(len(points), dtype=torch.float64, requires_grad=True)
+            scale = torch.tensor([schedule.factor(n) for n in range(1, len(points) + 1)],
+                                 dtype=torch.float64)
+            (grad,) = torch.autograd.grad(compensate(probe, scale).sum(), probe)
+        for step, value in zip(points, grad.tolist()):
+            factors[step] = value
+    return factors
+
+
+def run_segment(model: RNNModel, emb: Tensor, state: State, schedule: Optional[Schedule],
+                fused: bool = True) -> Tuple[Tensor, State]:
+    """The recurrent core over one segment, ``emb [L, B, E]`` from ``state`` (its cut), the
+    gradient compensated at each draw point (``schedule=None``: one fused run, plain BPTT).
+    ``fused``: one fused kernel pass per layer with the compensation in its backward
+    (``artbp_fused``, where ``artbp_fused.supported``); else fused runs between draw points
+    with ``compensate`` between them. Returns the top-layer hidden ``[L, B, H]`` and the last
+    state."""
     length = emb.shape[0]
+    if (schedule is not None and fused and length > 1
+            and artbp_fused.supported(model.core)):
+        return artbp_fused.fused_core(model.core, emb, state, step_factors(schedule, length))
     stride = length if schedule is None else schedule.stride
     pieces, start = [], 0
     for n, stop in enumerate([*range(stride, length, stride), length]):
@@ -197,8 +228,11 @@ def run_segment(model: RNNModel, emb: Tensor, state: State,
 
 
 def segment_forward(model: RNNModel, split: Split, walker: Walker, schedule: Schedule,
-                    length: int, loss_fn: LossFn, device) -> Tuple[Tensor, int]:
-    """Forward one segment of ``length`` steps from ``walker`` (its state is the cut).
+                    length: int, loss_fn: LossFn, device, fused: bool = True) -> Tuple[Tensor, int]:
+    """Forward one segment of ``length`` steps from ``walker`` (its state is the cut);
+    ``fused`` as in ``run_segment``, and with it a segment longer than
+    ``readout.slice_steps`` is decoded and scored slice by slice (``readout.sliced_loss``: the
+    same loss and gradients up to rounding, one slice's logits in memory).
 
     Returns the loss (with graph), ``loss_fn``'s mean over the segment times ``length / K``
     (every step weighted 1/K), and ``length``. Advances the walker to the next segment, state
@@ -208,18 +242,24 @@ def segment_forward(model: RNNModel, split: Split, walker: Walker, schedule: Sch
         raise ValueError(f"a segment of {length} steps does not fit at {pos} of {split.length}")
     x = split.inputs[pos:pos + length].to(device, non_blocking=True)
     y = split.targets[pos:pos + length].to(device, non_blocking=True)
-    hidden, state = run_segment(model, model.embed(x), walker.state, schedule)
+    hidden, state = run_segment(model, model.embed(x), walker.state, schedule, fused)
     walker.pos = walker.anchor = pos + length
     walker.state = detach_state(state)
-    return loss_fn(model.decode(hidden), y) * (length / schedule.mean_length), length
+    steps = readout.slice_steps(y.shape[1], model.spec.output_size)
+    if fused and length > steps:  # a long segment: decoder and loss slice by slice
+        loss = readout.sliced_loss(model.decoder, model.drop(hidden), y, loss_fn, steps)
+    else:
+        loss = loss_fn(model.decode(hidden), y)
+    return loss * (length / schedule.mean_length), length
 
 
 def next_segment(model: RNNModel, split: Split, walker: Walker, schedule: Schedule,
-                 loss_fn: LossFn, device,
-                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, int]:
-    """Draw the next segment's length (global CPU RNG unless ``generator``), then forward it."""
+                 loss_fn: LossFn, device, generator: Optional[torch.Generator] = None,
+                 fused: bool = True) -> Tuple[Tensor, int]:
+    """Draw the next segment's length (global CPU RNG unless ``generator``), then forward it
+    (``fused`` as in ``run_segment``)."""
     length = draw_length(schedule, split.length - walker.pos, generator)
-    return segment_forward(model, split, walker, schedule, length, loss_fn, device)
+    return segment_forward(model, split, walker, schedule, length, loss_fn, device, fused)
 
 
 # ----------------------------------------------------------------------------- variance

@@ -208,6 +208,10 @@ class MethodConfig:
     artbp_stride: int = 1  # truncation points may fall every artbp_stride steps after a cut
     artbp_max_length: Optional[int] = None  # forced cut (memory bound; biases lags beyond it)
     artbp_draws: int = 16  # truncation draws behind the logged gradient relative variance (0: skip)
+    # a segment's recurrence through the fused kernel, the compensation in its backward pass
+    # (src/atbptt/artbp_fused.py); false: one step at a time between draw points (same draws,
+    # same gradient up to float rounding)
+    artbp_fused: bool = True
 
     def __post_init__(self) -> None:
         for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):

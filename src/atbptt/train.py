@@ -160,7 +160,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.schedule is not None:  # ARTBP: a segment of random length, K its mean
             loss, steps = artbp.next_segment(self.model, self.data.train, self.walker,
-                                             self.schedule, self.loss_fn, self.device)
+                                             self.schedule, self.loss_fn, self.device,
+                                             fused=cfg.method.artbp_fused)
             self.record_segment(steps)
         else:
             loss, steps = chunk_forward(self.model, self.data.train, self.walker, self.progress.K,
