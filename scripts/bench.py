@@ -8,8 +8,13 @@ rounds and reports medians, so the ratio is meaningful even when absolute times 
   3. gradient-norm profile vs the authors' chained backward and vs one TBPTT(W) step
      (scripts/bench_profile.py)
   4. peak memory of one overlap training step for K in {10, 50, 100, 200, 300}
-  5. ARTBP (random truncation, mean length 35, compensation between single steps) vs fixed
-     TBPTT with K = 35 in 'chunk' and in 'overlap' style, tokens/s over the same tokens
+  5. ARTBP (random truncation, mean length 35, segments through the fused kernel with the
+     compensation in the backward pass) vs fixed TBPTT with K = 35 in 'chunk' and in 'overlap'
+     style, and vs ARTBP one step at a time, tokens/s over the same tokens
+  6. CUDA graphs of the training step vs the eager step, LSTM 1x200 and 1x900 (CUDA; on the
+     CPU only with --quick, as a dry run): scripts/bench_graphs.py
+  7. a K update of the LM procedure (5 estimates) together vs apart, and its share of
+     train_time in the ptb_cpu delta=0.1 setting: scripts/bench_estimator.py
 """
 from __future__ import annotations
 
@@ -256,12 +261,37 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def profile_rows(args) -> List[tuple]:
-    path = Path(__file__).with_name("bench_profile.py")
-    spec = importlib.util.spec_from_file_location("bench_profile", path)
+def _script(name: str):
+    """One of the benchmark scripts beside this one, as a module."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.table_rows(quick=args.quick)
+    return module
+
+
+def profile_rows(args) -> List[tuple]:
+    return _script("bench_profile").table_rows(quick=args.quick)
+
+
+def estimator_rows(args) -> List[tuple]:
+    """scripts/bench_estimator.py: a K update's estimates together vs apart, and its share of
+    train_time (LSTM 1x200; on CUDA also 1x900)."""
+    module = _script("bench_estimator")
+    sub = argparse.Namespace(quick=args.quick, rounds=0,
+                             sizes=[200, 900] if args.device == "cuda" else [200])
+    module.configure(sub)
+    return module.table_rows(sub, args.device)
+
+
+def graph_rows(args) -> List[tuple]:
+    """scripts/bench_graphs.py: CUDA graphs vs eager at 1x200 and 1x900 (on the CPU only with
+    --quick, as a dry run of the same code without graphs)."""
+    module = _script("bench_graphs")
+    sub = argparse.Namespace(quick=args.quick, device=args.device, sizes=[200, 900], Ks=[35],
+                             chunks=0, rounds=0, bf16=args.device == "cuda")
+    module.configure(sub)
+    return module.table_rows(sub)
 
 
 def print_table(rows: List[tuple], device: str) -> None:
@@ -283,6 +313,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--skip-profile", action="store_true")
+    p.add_argument("--skip-estimator", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -291,6 +322,10 @@ def main() -> None:
     args.memory_K = [10, 50] if args.quick else [10, 50, 100, 200, 300]
     rows = (bench_overlap(args, args.device) + bench_loss(args, args.device)
             + bench_artbp(args, args.device) + peak_memory(args, args.device))
+    if args.device == "cuda" or args.quick:
+        rows += graph_rows(args)
+    if not args.skip_estimator:
+        rows += estimator_rows(args)
     if not args.skip_profile:
         rows += profile_rows(args)
     print_table(rows, args.device)

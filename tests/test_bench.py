@@ -30,11 +30,16 @@ def test_bench_quick_prints_one_table():
     assert any(lab.startswith("loss alone, fwd+bwd") for lab in labels)
     assert any(lab.startswith("ARTBP mean K=35 (c=1/35) vs fixed chunk K=35") for lab in labels)
     assert any(lab.startswith("ARTBP mean K=35 (c=1/35) vs fixed overlap K=35") for lab in labels)
+    assert any(lab.startswith("ARTBP mean K=35: fused segments vs one step at a time") for lab in labels)
+    assert any("static buffers, no graph (CPU) vs eager" in lab for lab in labels)
+    assert any(lab.startswith("K update, 3 estimates") and "together vs separate" in lab
+               for lab in labels)
+    assert any(lab.startswith("estimator share of train_time (%)") for lab in labels)
     assert sum(lab.startswith("peak memory, overlap step K=") for lab in labels) == 2
     assert any(lab.startswith("profile W=") for lab in labels)
     assert any("RecurDecode fast path vs (e) generic forward" in lab for lab in labels)
     ratios = [float(c[:-1]) for r in rows for c in r[1:] if re.fullmatch(r"[\d.]+x", c)]
-    assert len(ratios) >= 8 and all(r > 0 for r in ratios)
+    assert len(ratios) >= 12 and all(r > 0 for r in ratios)
     for row in rows:
         if row[0].startswith("peak memory"):  # a fresh process per K: the step's growth < peak
             grown = float(re.search(r"\+(\d+) in the step", row[0]).group(1))

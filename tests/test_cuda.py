@@ -109,3 +109,118 @@ def test_resume_moves_between_cpu_and_cuda(tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert [r["eval"] for r in rows] == [str(i) for i in range(7)]
     assert all(2 <= int(r["K"]) <= 20 for r in rows)
+
+
+# ----------------------------------------------------------------------------- speed paths
+def _graph_setup(style: Style, dropout: float = 0.0, capture=None):
+    from atbptt import graphs
+
+    torch.manual_seed(0)
+    model = RNNModel(ModelSpec(Cell.lstm, 50, 50, True, hidden_size=32, num_layers=1,
+                               embedding_size=32, dropout=dropout, tie_weights=True)).cuda()
+    steps = graphs.StepGraphs(model, list(model.parameters()), style=style,
+                              loss_fn=sequence_loss(True), lr=lambda K: 0.5 * K ** 0.5, clip=1.0,
+                              weight_decay=1e-5, device=torch.device("cuda"), capacity=2,
+                              capture=capture)
+    return model, steps
+
+
+def _run_graphed(style: Style, schedule, use_graphs: bool, bf16: bool = False):
+    from atbptt import graphs
+
+    ids = torch.randint(0, 50, (121, 8), generator=torch.Generator().manual_seed(2))
+    split = Split(ids[:-1], ids[1:])
+    model, steps = _graph_setup(style, capture=graphs.cuda_capture() if use_graphs else graphs.eager_capture)
+    steps.bf16 = bf16
+    walker, losses = Walker.start(model, 8, "cuda"), []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=1e-5)
+    for K in schedule:
+        if walker.pos >= split.length:
+            walker = Walker.start(model, 8, "cuda")
+        out = steps.step(split, walker, K)
+        if out is None:  # the eager step, as the Trainer's
+            optimizer.zero_grad(set_to_none=True)
+            with graphs.autocast(torch.device("cuda"), bf16):
+                loss, _ = chunk_forward(model, split, walker, K, style, sequence_loss(True), "cuda")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0 / K)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * K ** 0.5
+            optimizer.step()
+            out = (loss.detach(), K)
+        losses.append(float(out[0]))
+    return losses, [p.detach().cpu() for p in model.parameters()], steps
+
+
+@pytest.mark.parametrize("style", list(Style))
+def test_cuda_graphs_train_as_eager_steps(style):
+    """Real graphs (capture, replay, per-K cache) against the same step run eagerly on the same
+    buffers: the same losses and weights to float tolerance (no dropout)."""
+    schedule = [5] * 8 + [8] * 5 + [5] * 6
+    eager, eager_params, _ = _run_graphed(style, schedule, False)
+    graphed, graphed_params, steps = _run_graphed(style, schedule, True)
+    assert steps.replays > len(schedule) // 2 and steps.captures == 2
+    assert graphed == pytest.approx(eager, rel=1e-4, abs=1e-5)
+    for a, b in zip(graphed_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graph_replay_never_waits_for_the_host():
+    from atbptt import graphs
+
+    ids = torch.randint(0, 50, (121, 8), generator=torch.Generator().manual_seed(2))
+    split = Split(ids[:-1], ids[1:])
+    model, steps = _graph_setup(Style.overlap, dropout=0.2, capture=graphs.cuda_capture())
+    walker = Walker(10, 6, tuple(s.cuda() for s in model.init_state(8)))
+    steps.step(split, walker, 5)  # capture (host work allowed), then replay
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            loss, _ = steps.step(split, walker, 5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and steps.replays == 6
+
+
+def test_bf16_autocast_step_stays_close_to_float32():
+    schedule = [5] * 10
+    full, _, _ = _run_graphed(Style.overlap, schedule, True)
+    half, _, _ = _run_graphed(Style.overlap, schedule, True, bf16=True)
+    assert half == pytest.approx(full, rel=3e-2)
+
+
+def test_cli_runs_with_cuda_graphs(tmp_path, tiny):
+    run = tmp_path / "run"
+    result = run_cli([*tiny, "device=cuda", "cuda.graphs=true", "method=adaptive",
+                      f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_estimates_together_on_cuda_match_separate_passes():
+    model = _model(Cell.lstm).cuda().eval()
+    ids = torch.randint(0, 11, (200, 6), generator=torch.Generator().manual_seed(3))
+    ests = [adaptive.estimate(model, ids[:-1], ids[1:], window=20, burn_in=4, num_windows=5,
+                              num_estimates=4, loss_fn=last_step_loss(True),
+                              generator=torch.Generator().manual_seed(0), batch_estimates=b)
+            for b in (False, True)]
+    torch.testing.assert_close(torch.from_numpy(ests[1].phi), torch.from_numpy(ests[0].phi),
+                               rtol=1e-10, atol=0)
+    assert ests[1].K_hat == ests[0].K_hat
+
+
+@pytest.mark.parametrize("cell", list(Cell))
+def test_artbp_fused_on_cuda_matches_stepwise(cell):
+    """The CUDA path (fused kernel forward, gates recomputed) against the stepwise compensation."""
+    ids = torch.randint(0, 11, (10, 4), generator=torch.Generator().manual_seed(0)).cuda()
+    model, schedule = _model(cell).cuda(), artbp.Schedule(3.0)
+    grads = {}
+    for fused in (False, True):
+        model.zero_grad()
+        hidden, _ = artbp.run_segment(model, model.embed(ids), model.init_state(4, "cuda"),
+                                      schedule, fused)
+        (hidden ** 2).sum().backward()
+        grads[fused] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

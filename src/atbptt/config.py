@@ -259,11 +259,26 @@ class OptimConfig:
 
 
 @dataclass
+class CudaConfig:
+    """The training step on a CUDA device (src/atbptt/graphs.py)."""
+
+    # CUDA graphs of the TBPTT step, one per K: null (auto) on a CUDA device for fixed and
+    # adaptive runs, falling back to eager steps if a capture fails; true insists; false: off
+    graphs: Optional[bool] = None
+    graph_cache: int = 4  # graphs kept (least recently used dropped first; adaptive K)
+    bf16: bool = False  # the TBPTT forward and loss under bfloat16 autocast (CUDA only)
+
+    def __post_init__(self) -> None:
+        _check(self.graph_cache >= 1, "cuda.graph_cache", "an integer >= 1", self.graph_cache)
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    cuda: CudaConfig = field(default_factory=CudaConfig)
     experiment: str = "default"  # label used by aggregation
     K: int = 15  # truncation (fixed), starting truncation (adaptive) or mean truncation length (artbp)
     delta: float = 0.5  # tolerated relative gradient bias (adaptive)
@@ -299,6 +314,10 @@ class Config:
                    "(K is the mean truncation length)", self.K)
             _check(cap is None or cap >= self.K, "method.artbp_max_length",
                    f">= K ({self.K}) or null", cap)
+            # segments of random length: no graph per K, and the fused backward is float32
+            _check(self.cuda.graphs is not True, "cuda.graphs", "null or false for method=artbp",
+                   self.cuda.graphs)
+            _check(not self.cuda.bf16, "cuda.bf16", "false for method=artbp", self.cuda.bf16)
 
 
 def register_configs() -> None:

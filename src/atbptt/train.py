@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from . import adaptive, artbp, tensorboard_log
+from . import adaptive, artbp, graphs, tensorboard_log
 from .config import Config, ConfigError, Device, LogFrom, Logger, MethodName
 from .controller import AdaptiveTruncation
 from .data import TaskData, load_task  # noqa: F401 - train.load_task, as before
@@ -143,6 +143,8 @@ class Trainer:
             tensorboard_log.require()
         self.schedule = (artbp.Schedule.from_config(cfg) if cfg.method.name == MethodName.artbp
                          else None)
+        # CUDA graphs of the TBPTT step (cuda.graphs; None: every step eager, as on the CPU)
+        self.graphs = graphs.build(cfg, self.model, self.device, self.loss_fn, self.lr)
 
     # ------------------------------------------------------------------ K and the step size
     def lr(self, K: int) -> float:
@@ -157,6 +159,10 @@ class Trainer:
     def train_chunk(self) -> torch.Tensor:
         cfg = self.cfg
         self.model.train()
+        graphed = (self.graphs.step(self.data.train, self.walker, self.progress.K)
+                   if self.graphs is not None else None)
+        if graphed is not None:  # the whole step replayed (forward to SGD step)
+            return self._count(*graphed)
         self.optimizer.zero_grad(set_to_none=True)
         if self.schedule is not None:  # ARTBP: a segment of random length, K its mean
             loss, steps = artbp.next_segment(self.model, self.data.train, self.walker,
@@ -164,12 +170,18 @@ class Trainer:
                                              fused=cfg.method.artbp_fused)
             self.record_segment(steps)
         else:
-            loss, steps = chunk_forward(self.model, self.data.train, self.walker, self.progress.K,
-                                        cfg.method.style, self.loss_fn, self.device)
+            with graphs.autocast(self.device, cfg.cuda.bf16):
+                loss, steps = chunk_forward(self.model, self.data.train, self.walker,
+                                            self.progress.K, cfg.method.style, self.loss_fn,
+                                            self.device)
         loss.backward()
         # NOTES §4: clip at clip / K, step lr * K^p
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip / self.progress.K)
         self.optimizer.step()
+        return self._count(loss, steps)
+
+    def _count(self, loss: torch.Tensor, steps: int) -> torch.Tensor:
+        """Count a finished training step of ``steps`` new time steps; its loss, detached."""
         p = self.progress
         p.step += 1
         p.tokens += steps * self.data.train.num_streams
