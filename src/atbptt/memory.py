@@ -89,7 +89,8 @@ def estimate(cfg: Config) -> List[Part]:
              FLOAT * steps * d.batch_size * per_step),
         Part(f"the logits of {K} steps (K, dataset.batch_size, {size_keys(cfg)})", 0,
              2 * FLOAT * K * d.batch_size * n_out),
-        Part("one evaluation chunk (dataset.eval_chunk, dataset.eval_batch_size)", 0,
+        Part(f"one evaluation chunk (dataset.eval_chunk, dataset.eval_batch_size, {size_keys(cfg)}, "
+             "model.hidden_size, model.num_layers)", 0,
              FLOAT * d.eval_chunk * d.eval_batch_size * (n_out + m.num_layers * m.hidden_size)),
         _data(cfg, n_in, n_out, tokens),
     ]
@@ -97,7 +98,7 @@ def estimate(cfg: Config) -> List[Part]:
         span = method.burn_in + method.window
         parts.append(Part(
             "the estimator's windows (method.num_windows, method.window, method.burn_in, "
-            "model.hidden_size, model.num_layers)",
+            "model.hidden_size, model.num_layers, model.embedding_size)",
             method.num_windows * span * (INDEX if tokens else FLOAT * n_in),
             FLOAT * method.num_windows * method.window * (per_step + m.num_layers * m.hidden_size)))
     return parts
