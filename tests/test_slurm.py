@@ -278,3 +278,20 @@ def test_launcher_precheck_names_a_wrong_partition_and_a_missing_scheduler(slurm
     message = cluster.check_launcher({"hydra": {"launcher": launcher}})
     assert message.startswith("hydra/launcher=submitit_slurm: no SLURM scheduler on this machine")
     assert cluster.check_launcher({"hydra": {"launcher": {"_target_": "x.JoblibLauncher"}}}) is None
+
+
+@pytest.mark.parametrize("case", ["wrong partition", "no scheduler"])
+def test_atbptt_run_refuses_a_bad_slurm_sweep_in_one_line_and_writes_nothing(slurm, tmp_path, case):
+    sweep = tmp_path / "sweep"
+    env = dict(slurm)
+    extra = ["hydra.launcher.partition=gpu"] if case == "wrong partition" else []
+    if case == "no scheduler":
+        env["PATH"] = os.pathsep.join(p for p in slurm["PATH"].split(os.pathsep)
+                                      if not (Path(p) / "sbatch").exists())
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    res = run_cli(_sweep(env, sweep, *BASE, "K=4,5", *extra), cwd=tmp_path, env=env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    expected = ("partition=gpu: unknown partition" if case == "wrong partition"
+                else "no SLURM scheduler on this machine")
+    assert expected in lines[0] and not sweep.exists()

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from .cluster import check_launcher
 from .config import Config, ConfigError
 from .config_source import ConfigSource, composing, hydra_argv, is_group
 from .config_source import group_options as _options
@@ -184,8 +185,11 @@ def _compose_all(plain: List[str], choices: Dict[str, List[str]], hydra_args: Li
         for i, overrides in enumerate(variants):
             try:
                 if i == 0 and hydra_args:
-                    compose(config_name=name, overrides=[*hydra_args, *overrides],
-                            return_hydra_config=True)
+                    with_hydra = compose(config_name=name, overrides=[*hydra_args, *overrides],
+                                         return_hydra_config=True)
+                    message = check_launcher(with_hydra)  # SLURM: scheduler and partition
+                    if message is not None:
+                        return message
                 config = to_config(compose(config_name=name, overrides=overrides))
                 _check_device(config)
                 _check_logger(config)
