@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# verified corpora beside the checkout, when present (else $ATBPTT_DATA or ./data, see README)
+# verified corpora beside the checkout, when present (else $ATBPTT_DATA or ./data, see docs/data.md)
 ifneq ($(wildcard ../shared/data/ptb),)
 export ATBPTT_DATA ?= $(abspath ../shared/data)
 endif

@@ -153,7 +153,7 @@ def parse_args(argv=None):
     p.add_argument("--max-eval-batches", type=int, default=10**9, help="chunks per evaluation")
     p.add_argument("--log-interval", type=int, default=100)
     p.add_argument("--seed", type=int, default=1111)
-    # the estimator (README, "The estimator as a library")
+    # the estimator (docs/library.md)
     p.add_argument("--delta", type=float, default=0.1, help="tolerated relative gradient bias")
     p.add_argument("--K0", type=int, default=35, help="K until the first estimate")
     p.add_argument("--window", type=int, default=100, help="W, lags profiled")

@@ -188,7 +188,7 @@ class MethodConfig:
     num_estimates: int = 1  # independent estimates (each its own profile) behind one K
     average: Average = Average.k_hat  # how they are combined: K̂ values (authors') or profiles
     # lag 0 of the profile: the state after the last step (the paper's formulas) or the state
-    # entering it (the authors' code; K̂ larger on PTB, see README "Lag convention")
+    # entering it (the authors' code; K̂ larger on PTB, see docs/method.md, "Lag convention")
     lag0: Lag0 = Lag0.state_after_step
     log_estimates: int = 1  # fresh estimates averaged per evaluation for the logs (0: skip)
     log_from: LogFrom = LogFrom.chosen  # adaptive runs: log the estimate that chose K, or fresh ones
@@ -202,7 +202,7 @@ class MethodConfig:
     # N x S windows (src/atbptt/batched.py): the same windows; in eval mode the same numbers up
     # to float rounding, with dropout active other masks. Off: N passes, as the committed runs
     batch_estimates: bool = False
-    # method=artbp (K is the mean truncation length; see src/atbptt/artbp.py and the README)
+    # method=artbp (K is the mean truncation length; see src/atbptt/artbp.py and docs/artbp.md)
     artbp_schedule: TruncationSchedule = TruncationSchedule.constant
     artbp_alpha: float = 4.0  # tail exponent of the poly schedule (> 3: finite variance of lengths)
     artbp_stride: int = 1  # truncation points may fall every artbp_stride steps after a cut
