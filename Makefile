@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/ptb),)
 export ATBPTT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help setup run test test-fast test-slurm bench figures aggregate sweep-copy sweep-copy-variable \
+.PHONY: help setup run test test-all lint test-slurm bench figures aggregate sweep-copy sweep-copy-variable \
         sweep-linear sweep-var sweep-ptb-cpu sweep-ptb-cpu-long sweep-wikitext2-cpu clean
 
 help:  ## list the targets
@@ -26,11 +26,14 @@ setup: $(STAMP)  ## create .venv and install torch 2.13.0 (CPU), atbptt and test
 run: setup  ## train the default model (LSTM on the copy task, ~2 min on 2 CPU cores)
 	$(BIN)/atbptt-run
 
-test: setup  ## run the test suite (CPU, a few minutes)
+test: setup  ## the fast test set (CPU, a few minutes): everything but the tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: setup  ## every test: also the multi-process sweeps, kill/resume and SLURM (marked slow)
 	$(BIN)/pytest -q
 
-test-fast: setup  ## the tests without the multi-process sweeps
-	$(BIN)/pytest -q -m "not slow"
+lint: setup  ## ruff (line length 100; pyproject.toml [tool.ruff])
+	$(BIN)/ruff check src tests scripts examples
 
 test-slurm: setup  ## the tests against a local single-node SLURM (root, slurm-wlm, munge; docs/cluster.md)
 	$(BIN)/pytest -q -m slurm
