@@ -8,9 +8,12 @@ Here a segment's draw is already made when it runs, so every transition's scale 
 before the forward pass, and one layer of the segment runs as one autograd node:
 
 - **forward**: the fused recurrent kernel over the whole segment (``torch.lstm``/``gru``/
-  ``rnn_tanh``, cuDNN or oneDNN, no graph), then the gate activations recomputed from the
-  kernel's hidden states with two batched matrix products (and, for an LSTM, the cell states by
-  one elementwise update per step), which the backward pass needs;
+  ``rnn_tanh``: cuDNN on a GPU, oneDNN or native on the CPU; no autograd graph), then the gate
+  activations that the backward pass needs, recomputed from the kernel's hidden states with two
+  batched matrix products (for an LSTM also the cell states, one elementwise update per step).
+  An LSTM on the CPU instead runs its forward step by step itself (the input side for all steps
+  in one product, then one recurrent product and the gate update per step), which saves that
+  second pass over the gates: on the CPU the matrix products, not the calls, dominate;
 - **backward**: BPTT over the segment, step by step, with the gradient with respect to the
   state entering step s multiplied by ``factors[s]`` (1 where no draw point is, the
   compensation ``1 / (1 - c_n)`` at the n-th draw point); the parameter and input gradients
