@@ -51,9 +51,10 @@ def tiny_config(*overrides: str):
 
 
 def run_interrupted(cfg, run_dir: Path, evals: int, monkeypatch) -> None:
-    """``train.run`` in this process, interrupted (KeyboardInterrupt) right after the
+    """``atbptt.run.run`` in this process, interrupted (KeyboardInterrupt) right after the
     checkpoint of evaluation number ``evals``: the run directory is left resumable."""
     from atbptt import train
+    from atbptt.run import run as run_training
 
     original = train.Trainer.eval_and_save
 
@@ -65,12 +66,12 @@ def run_interrupted(cfg, run_dir: Path, evals: int, monkeypatch) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(train.Trainer, "eval_and_save", stop_after)
         with pytest.raises(KeyboardInterrupt):
-            train.run(cfg, run_dir)
+            run_training(cfg, run_dir)
 
 
 @pytest.fixture
 def torch_state():
-    """For tests that call ``train.run`` in this process: restore the torch settings it
+    """For tests that call ``atbptt.run.run`` in this process: restore the torch settings it
     changes (threads, denormal flushing, the global RNG) afterwards."""
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):

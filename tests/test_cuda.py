@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from atbptt import adaptive, artbp, train
+from atbptt import adaptive, artbp
 from atbptt.config import Cell, Style
 from atbptt.data import Split
 from atbptt.models import ModelSpec, RNNModel
+from atbptt.run import run as run_training
 from atbptt.tbptt import Walker, chunk_forward, last_step_loss, sequence_loss
 from conftest import run_cli, run_interrupted, tiny_config
 
@@ -100,7 +101,7 @@ def test_resume_moves_between_cpu_and_cuda(tmp_path, monkeypatch, capsys):
     run_interrupted(tiny_config("device=cuda", *overrides), run_dir, 4, monkeypatch)
     payload = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert payload["cuda_rng"] is not None  # written on CUDA
-    assert train.run(tiny_config("device=cpu", *overrides), run_dir) == "finished"
+    assert run_training(tiny_config("device=cpu", *overrides), run_dir) == "finished"
     warnings = [line for line in capsys.readouterr().err.splitlines() if "so far and is resumed" in line]
     assert len(warnings) == 2 and "ran with device=cpu so far and is resumed with device=cuda" in warnings[0]
     assert "ran with device=cuda so far and is resumed with device=cpu" in warnings[1]

@@ -37,10 +37,10 @@ COMMON = ["device=cpu", "threads=1", "evals_per_epoch=4", "epochs=2"]
 
 
 def run(name: str, out: Path) -> list[dict]:
-    from atbptt import train
     from atbptt.metrics import TIME_COLUMNS
+    from atbptt.run import run as run_training
 
-    assert train.run(checked_config(*TINY, *COMMON, *RUNS[name]), out) == "finished"
+    assert run_training(checked_config(*TINY, *COMMON, *RUNS[name]), out) == "finished"
     with open(out / "metrics.csv") as f:
         return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in csv.DictReader(f)]
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atbptt import train
 from atbptt.config import Config, ConfigError, DatasetConfig, DatasetName
 from atbptt.corpus import DataError
 from atbptt.data import load_task
 from atbptt.limits import _fields, check_corpus_streams, check_data
+from atbptt.run import run as run_training
 from atbptt.validate import precheck
 from conftest import TINY, checked_config, tiny_config
 
@@ -128,17 +128,17 @@ def _accepted() -> None:
 
 
 def _start(argv: list, run_dir: Path) -> str | None:
-    """None if the run starts, else its one-line refusal (precheck, then train.run's checks)."""
+    """None if the run starts, else its one-line refusal (precheck, then run.run's checks)."""
     message = precheck(argv)
     if message is not None:
         return message
     try:
-        train.run(checked_config(*argv), run_dir, on_start=_accepted)
+        run_training(checked_config(*argv), run_dir, on_start=_accepted)
     except _Started:
         return None
     except (ConfigError, DataError) as err:
         return str(err)
-    raise AssertionError("train.run returned before the run was accepted")
+    raise AssertionError("run.run returned before the run was accepted")
 
 
 @pytest.mark.usefixtures("torch_state")

@@ -15,6 +15,7 @@ from atbptt.adaptive import Lag0, average_K, k_hat
 from atbptt.config import Cell
 from atbptt.controller import AdaptiveTruncation
 from atbptt.models import ModelSpec, RNNModel
+from atbptt.run import run as run_training
 from atbptt.rundir import CHECKPOINT
 from conftest import run_interrupted
 from conftest import tiny_config as tiny_any_device
@@ -173,10 +174,10 @@ def test_logged_estimates_never_change_training(tmp_path):
     """With log_from=fresh the logged estimates and the audit draw their own windows: the K
     trajectory and every loss are the same however many are drawn."""
     quiet, loud = tmp_path / "quiet", tmp_path / "loud"
-    assert train.run(tiny_config(*LM_LIKE, "method.log_from=fresh", "method.log_estimates=1"),
-                     quiet) == "finished"
-    assert train.run(tiny_config(*LM_LIKE, "method.log_from=fresh", "method.log_estimates=3",
-                                 "method.audit=true"), loud) == "finished"
+    assert run_training(tiny_config(*LM_LIKE, "method.log_from=fresh", "method.log_estimates=1"),
+                        quiet) == "finished"
+    assert run_training(tiny_config(*LM_LIKE, "method.log_from=fresh", "method.log_estimates=3",
+                                    "method.audit=true"), loud) == "finished"
     cols = ("eval", "step", "K", "train_loss", "valid_loss", "test_loss")
     assert rows(quiet, *cols) == rows(loud, *cols)
     K = [r[2] for r in rows(quiet, *cols)]
@@ -197,7 +198,7 @@ def test_K_changes_only_at_update_points(tmp_path, monkeypatch):
         updated.append(self.controller.num_estimates_done > before)
 
     monkeypatch.setattr(train.Trainer, "update_K", watch)
-    assert train.run(tiny_config(*LM_LIKE), tmp_path / "run") == "finished"
+    assert run_training(tiny_config(*LM_LIKE), tmp_path / "run") == "finished"
     steps_per_chunk = 5  # K new steps per chunk while K = 5
     first = updated.index(True)
     assert first == 60 // steps_per_chunk - 1 and set(ks[:first]) == {5}
@@ -210,7 +211,7 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_identically(tmp_path, monkey
     """Earlier checkpoints kept one estimator_rng and the schedule in progress: converted."""
     cfg = tiny_config(*LM_LIKE)
     reference, run_dir = tmp_path / "reference", tmp_path / "run"
-    assert train.run(cfg, reference) == "finished"
+    assert run_training(cfg, reference) == "finished"
     run_interrupted(cfg, run_dir, 3, monkeypatch)
     payload = torch.load(run_dir / CHECKPOINT, weights_only=True)
     ctl = payload.pop("controller")
@@ -218,7 +219,7 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_identically(tmp_path, monkey
     payload["estimator_rng"] = ctl["generator"]
     payload["progress"]["steps_since_estimate"] = ctl["since_estimate"]
     torch.save(payload, run_dir / CHECKPOINT)
-    assert train.run(cfg, run_dir) == "finished"
+    assert run_training(cfg, run_dir) == "finished"
     cols = ("eval", "K", "train_loss", "valid_loss")
     assert rows(run_dir, *cols) == rows(reference, *cols)
 
@@ -226,7 +227,7 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_identically(tmp_path, monkey
 @pytest.mark.usefixtures("torch_state")
 def test_snapshots_keep_the_weights_of_the_first_evaluation_past_each_epoch(tmp_path):
     cfg = tiny_config("snapshot_epochs=[0.3,1]", "evals_per_epoch=4")
-    assert train.run(cfg, tmp_path / "run") == "finished"
+    assert run_training(cfg, tmp_path / "run") == "finished"
     shots = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
     assert shots == ["epoch_0.3.pt", "epoch_1.pt"]
     first = torch.load(tmp_path / "run" / "snapshots" / "epoch_0.3.pt", weights_only=True)
@@ -241,8 +242,8 @@ def test_evaluations_never_change_training(tmp_path):
     a preset with fewer evaluations trains exactly as one with more."""
     few, many = tmp_path / "few", tmp_path / "many"
     fresh = ("method.log_from=fresh", "method.log_estimates=2")
-    assert train.run(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=2"), few) == "finished"
-    assert train.run(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=8"), many) == "finished"
+    assert run_training(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=2"), few) == "finished"
+    assert run_training(tiny_config(*LM_LIKE, *fresh, "evals_per_epoch=8"), many) == "finished"
     cols = ("epoch", "step", "K", "valid_loss", "test_loss")
     shared = {r[0]: r for r in rows(many, *cols)}
     assert [shared[r[0]] for r in rows(few, *cols)] == rows(few, *cols)

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atbptt import train
 from atbptt.config import Config
 from atbptt.limits import _fields
 from atbptt.metrics import TIME_COLUMNS
 from atbptt.resume import PRESENTATION_KEYS, config_dict, inspect, same_run
+from atbptt.run import run as run_training
 from atbptt.rundir import CHECKPOINT, RunDirError
 from conftest import run_interrupted
 from conftest import tiny_config as tiny_any_device
@@ -48,7 +48,7 @@ def made(tmp_path_factory):
     cfg = tiny_config()
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
-        assert train.run(cfg, root / "reference") == "finished"
+        assert run_training(cfg, root / "reference") == "finished"
         mp = pytest.MonkeyPatch()
         try:
             run_interrupted(cfg, root / "stopped", 3, mp)
@@ -68,7 +68,7 @@ def copy_of(made: Path, tmp_path: Path) -> Path:
 def refused(cfg, run_dir: Path, *needles: str) -> str:
     before = files(run_dir)
     with pytest.raises(RunDirError) as err:
-        train.run(cfg, run_dir)
+        run_training(cfg, run_dir)
     message = str(err.value)
     assert "\n" not in message and all(n in message for n in needles), message
     assert files(run_dir) == before  # nothing changed
@@ -84,7 +84,7 @@ def test_a_damaged_run_json_is_written_again_from_the_checkpoint(made, tmp_path,
     {"cut in half": lambda: info.write_text(text[:len(text) // 2]), "removed": info.unlink,
      "not an object": lambda: info.write_text("[1, 2]"),
      "no status": lambda: info.write_text(json.dumps({**json.loads(text), "status": None}))}[damage]()
-    assert train.run(tiny_config(), run_dir) == "finished"
+    assert run_training(tiny_config(), run_dir) == "finished"
     warnings = [l for l in capsys.readouterr().err.splitlines() if "run.json" in l]
     assert len(warnings) == 1 and "written again" in warnings[0]
     assert rows(run_dir) == rows(made / "reference")  # resumed, not restarted
@@ -118,7 +118,7 @@ def test_blank_lines_are_dropped_and_nothing_is_lost(made, tmp_path, capsys):
     run_dir = copy_of(made, tmp_path)
     lines = (run_dir / "metrics.csv").read_text().split("\n")
     (run_dir / "metrics.csv").write_text("\n".join(lines[:2] + ["", ""] + lines[2:]))
-    assert train.run(tiny_config(), run_dir) == "finished"
+    assert run_training(tiny_config(), run_dir) == "finished"
     assert "blank lines" in capsys.readouterr().err
     assert rows(run_dir) == rows(made / "reference")
 
@@ -236,7 +236,7 @@ def test_a_run_recorded_without_newer_keys_resumes_with_a_warning(made, tmp_path
     del info["config"]["logger"], info["config"]["method"]["artbp_alpha"]
     del info["config"]["method"]["artbp_draws"]
     (run_dir / "run.json").write_text(json.dumps(info))
-    assert train.run(tiny_config(), run_dir) == "finished"
+    assert run_training(tiny_config(), run_dir) == "finished"
     warnings = [l for l in capsys.readouterr().err.splitlines() if "recorded without the keys" in l]
     assert len(warnings) == 1 and "method.artbp_alpha, method.artbp_draws" in warnings[0]
     after = json.loads((run_dir / "run.json").read_text())

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from atbptt import train
 from atbptt.metrics import COLUMNS, TIME_COLUMNS
+from atbptt.run import run as run_training
 from conftest import run_interrupted, tiny_config
 
 TINY = ["dataset.train_length=400", "dataset.eval_length=100", "dataset.batch_size=8",
@@ -94,9 +94,9 @@ def _without_time(text: str) -> str:
 @pytest.mark.usefixtures("torch_state")
 def test_metrics_csv_has_one_line_ending_and_a_resume_is_byte_identical(tmp_path, monkeypatch):
     cfg = tiny_config("device=cpu", "evals_per_epoch=4")
-    assert train.run(cfg, tmp_path / "reference") == "finished"
+    assert run_training(cfg, tmp_path / "reference") == "finished"
     run_interrupted(cfg, tmp_path / "run", 2, monkeypatch)
-    assert train.run(cfg, tmp_path / "run") == "finished"
+    assert run_training(cfg, tmp_path / "run") == "finished"
     reference = (tmp_path / "reference" / "metrics.csv").read_bytes()
     resumed = (tmp_path / "run" / "metrics.csv").read_bytes()
     for data in (reference, resumed):

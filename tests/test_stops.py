@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atbptt import files, train
+from atbptt import files
 from atbptt.metrics import TIME_COLUMNS
 from atbptt.run import RunStopped
+from atbptt.run import run as run_training
 from conftest import tiny_config as tiny_any_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_any_write_failing_stops_cleanly_and_the_resume_is_lossless(tmp_path_fac
     the same run again finishes with the rows of an uninterrupted run."""
     root = tmp_path_factory.mktemp("w")
     cfg = tiny_config()
-    assert train.run(cfg, root / "reference") == "finished"
+    assert run_training(cfg, root / "reference") == "finished"
     calls = []
 
     def failing_open(path, *args, **kwargs):
@@ -149,7 +150,7 @@ def test_any_write_failing_stops_cleanly_and_the_resume_is_lossless(tmp_path_fac
     with monkeypatch.context() as patch:
         patch.setattr(files, "open", failing_open, raising=False)
         try:
-            assert train.run(cfg, run_dir) == "finished"
+            assert run_training(cfg, run_dir) == "finished"
             assert len(calls) <= nth  # the run made fewer writes than nth
         except RunStopped as stop:
             message = str(stop)
@@ -159,7 +160,7 @@ def test_any_write_failing_stops_cleanly_and_the_resume_is_lossless(tmp_path_fac
             if info.exists():
                 assert json.loads(info.read_text())["status"] in ("failed", "running")
     assert temporaries(run_dir) == []
-    assert train.run(cfg, run_dir) in ("finished",)
+    assert run_training(cfg, run_dir) in ("finished",)
     assert rows(run_dir) == rows(root / "reference")
 
 
@@ -168,6 +169,6 @@ def test_a_diverged_run_keeps_no_checkpoint(tmp_path):
     """Nothing is left to resume (running it again is a no-op), so the checkpoint goes, as a
     finished run's does; metrics.csv and run.json stay."""
     run_dir = tmp_path / "run"
-    assert train.run(tiny_config("optim.lr=1e9"), run_dir) == "diverged"
+    assert run_training(tiny_config("optim.lr=1e9"), run_dir) == "diverged"
     assert not (run_dir / "checkpoint.pt").exists() and status(run_dir)["status"] == "diverged"
     assert (run_dir / "metrics.csv").exists() and temporaries(run_dir) == []

@@ -33,9 +33,9 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .adaptive import (LossFn, Profile, _advance, _start_state, _window_loss, initial_state,
-                       profile_gradients, profile_of, sample_windows)
+from .adapters import burned_in, sample_windows
 from .config import Lag0
+from .profile import LossFn, Profile, backprop_loss, profile_gradients, profile_of
 
 
 def grouped_loss(loss_fn: LossFn, groups: int) -> Callable[[Tensor, Tensor], Tuple[Tensor, bool]]:
@@ -43,15 +43,15 @@ def grouped_loss(loss_fn: LossFn, groups: int) -> Callable[[Tensor, Tensor], Tup
     ``target`` ``[groups·S, ...]`` -> (Σ over groups of each group's ``loss_fn`` loss, summed
     over its windows if per-window; whether ``loss_fn`` returned a scalar). Raises ValueError
     if the windows do not split into ``groups`` equal groups or ``loss_fn`` returns another
-    shape (``adaptive._window_loss``)."""
+    shape (``profile.backprop_loss``)."""
     def window_loss(out: Tensor, target: Tensor) -> Tuple[Tensor, bool]:
         if out.shape[0] % groups:
             raise ValueError(f"{out.shape[0]} windows do not split into {groups} equal groups")
         size = out.shape[0] // groups
         total, scalar = None, False
         for g in range(groups):
-            part, scalar = _window_loss(loss_fn, out[g * size:(g + 1) * size],
-                                        target[g * size:(g + 1) * size])
+            part, scalar = backprop_loss(loss_fn, out[g * size:(g + 1) * size],
+                                         target[g * size:(g + 1) * size])
             total = part if total is None else total + part
         return total, scalar
     return window_loss
@@ -61,7 +61,7 @@ def grad_norm_profiles(model: nn.Module, inputs: Tensor, targets: Tensor, state,
                        groups: int, lag0: Lag0 | str | None = None) -> List[Profile]:
     """``groups`` profiles from one backward pass: ``inputs``/``targets`` ``[W, groups·S, ...]``
     hold the groups' windows side by side (group g: windows g·S .. (g+1)·S − 1), ``state`` their
-    burn-in state ``[L, groups·S, H]``. Profile g is what ``adaptive.grad_norm_profile`` returns
+    burn-in state ``[L, groups·S, H]``. Profile g is what ``profile.grad_norm_profile`` returns
     for group g alone (``phi`` ``[W, S]``, ``cum`` ``[W]``: G over the group's windows), up to
     float rounding. One lag convention for all: ``lag0=None`` finds it from the stacked pass.
     Raises ValueError as ``grad_norm_profile`` does, or if ``groups`` < 1 or does not divide
@@ -91,9 +91,5 @@ def profiles_together(model: nn.Module, inputs: Tensor, targets: Tensor, num_est
              for _ in range(num_estimates)]
     x = torch.cat([d[0] for d in drawn], dim=1).to(device)
     y = torch.cat([d[1] for d in drawn], dim=1).to(device)
-    total = num_estimates * num_windows
-    state = _start_state(model, initial_state(model, total, device, init_state),
-                         requires_grad=False)
-    with torch.no_grad():
-        state = _advance(model, x[:burn_in], state)
+    state = burned_in(model, x, burn_in, device, init_state)
     return grad_norm_profiles(model, x[burn_in:], y[burn_in:], state, loss_fn, num_estimates, lag0)

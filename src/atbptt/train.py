@@ -1,40 +1,39 @@
-"""The training loop: TBPTT chunks, evaluations, K (re-)estimation, checkpoints, logs.
+"""The training loop: TBPTT chunks, K and the step size, evaluations, checkpoints, logs.
 
 ``Trainer`` trains one model into a run directory, checkpointing at every evaluation (written
-atomically). ``run(cfg, run_dir)`` (the lifecycle around it, in ``run.py``) trains or resumes
-one run and returns its final status; a finished run is left as it is.
+atomically; what a checkpoint holds is ``checkpoint.py``). Each evaluation's row and its
+diagnostics are computed by an ``evaluation.Evaluator`` the trainer owns. The lifecycle
+around it (accept, lock, start or resume, record how it ended) is ``run.run``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Optional
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from . import adaptive, artbp, graphs, tensorboard_log
-from .config import Config, ConfigError, Device, LogFrom, Logger, MethodName
+from . import artbp, checkpoint, graphs, tensorboard_log
+from .checkpoint import Progress
+from .config import Config, ConfigError, Device, Logger, MethodName
 from .controller import AdaptiveTruncation
-from .data import TaskData, load_task  # noqa: F401 - train.load_task, as before
+from .data import TaskData, load_task
+from .evaluation import (ESTIMATOR_SEED, Diverged, Evaluator, check_eval_finite,
+                         diagnostic_generator, diverged_or_raise, estimate_record)
+from .evaluation import perplexity as _ppl
 from .limits import uses_estimator
-from .metrics import DELTAS, MetricsWriter, write_profile
+from .metrics import MetricsWriter
 from .models import ModelSpec, RNNModel, state_to
-from .resume import config_dict as _config_dict
 from .rundir import CHECKPOINT, save_checkpoint
-from .tbptt import Walker, chunk_forward, evaluate, last_step_loss, sequence_loss
+from .tbptt import Walker, chunk_forward, last_step_loss, sequence_loss
+
+__all__ = ["Diverged", "Progress", "Trainer", "build_controller", "build_model", "load_task",
+           "resolve_device"]
 
 DIVERGENCE_CHECK_EVERY = 20  # chunks between finite-loss checks (avoids a GPU sync per chunk)
 PROGRESS_EVERY = 60.0  # seconds between progress lines between evaluations
-ESTIMATOR_SEED = 7919  # the estimator's windows are seeded by seed + this (the weights by seed)
-
-
-class Diverged(RuntimeError):
-    pass
 
 
 def resolve_device(choice: Device) -> torch.device:
@@ -67,41 +66,12 @@ def build_controller(cfg: Config, data: TaskData, model: RNNModel, loss_fn,
         model, data.train.inputs, data.train.targets, loss_fn, delta=cfg.delta, K0=cfg.K,
         window=m.window, burn_in=m.burn_in, num_windows=m.num_windows,
         num_estimates=m.num_estimates, k_min=min(m.k_min, k_max), k_max=k_max,
-        reestimate_every=m.reestimate_steps if m.reestimate_steps is not None else m.reestimate_every,
+        reestimate_every=(m.reestimate_steps if m.reestimate_steps is not None
+                          else m.reestimate_every),
         reestimate_seconds=m.reestimate_seconds, beta_method=m.beta_method, tau=m.tau,
         grad_norm_bound=m.grad_norm_bound, average=m.average, lag0=m.lag0,
         profile_dropout=m.profile_dropout, device=device, seed=cfg.seed + ESTIMATOR_SEED,
         batch_estimates=m.batch_estimates)
-
-
-@dataclass
-class Progress:
-    """Everything a checkpoint restores besides model, optimizer and RNG states."""
-
-    K: int
-    epoch: int = 0
-    step: int = 0  # training chunks (optimizer steps)
-    tokens: int = 0  # training tokens consumed (new steps x streams)
-    train_time: float = 0.0
-    wall_time: float = 0.0
-    estimation_time: float = 0.0  # choosing K (adaptive): part of train_time
-    diagnostic_time: float = 0.0  # logged estimates, audit, ARTBP variance: not training time
-    evals: int = 0  # rows written to metrics.csv
-    # checkpoints of earlier versions kept the adaptive schedule here; it now lives in the
-    # controller's state (checkpoint key "controller"), and these are read only to resume those
-    chunks_since_estimate: int = 0
-    steps_since_estimate: int = 0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    estimate: Optional[dict] = None  # last K estimate (arrays as lists), for logging
-    done: bool = False
-    # ARTBP segment lengths since the last evaluation (steps): sum, count, max
-    segment_sum: int = 0
-    segment_count: int = 0
-    segment_max: int = 0
-
-    def fraction(self, pos: int, length: int) -> float:
-        return self.epoch + pos / length
 
 
 @dataclass
@@ -127,22 +97,19 @@ class Trainer:
         # and ARTBP runs use its estimator for their logged estimates only (never step it)
         self.controller = (build_controller(cfg, self.data, self.model, self.window_loss,
                                             self.device) if uses_estimator(cfg) else None)
-        # with method.log_from=fresh, diagnostics (logged estimates, audit, ARTBP variance)
-        # never draw the windows that choose K: they get their own generator. With
-        # log_from=chosen they share the estimator's, as this project's runs always did (so
-        # those runs reproduce); fixed-K and ARTBP runs have no K to choose
-        if self.adaptive and cfg.method.log_from == LogFrom.fresh:
-            self.diagnostic_rng = torch.Generator().manual_seed(cfg.seed + 104729)
-        elif self.controller is not None:
-            self.diagnostic_rng = self.controller.generator
-        else:
-            self.diagnostic_rng = torch.Generator().manual_seed(cfg.seed + ESTIMATOR_SEED)
+        # logged estimates, audit, ARTBP variance: their own windows (evaluation.py)
+        self.diagnostic_rng = diagnostic_generator(cfg, self.controller)
         self.metrics = MetricsWriter(self.run_dir / "metrics.csv")
         self.tensorboard: Optional[tensorboard_log.TensorBoardLog] = None
         if cfg.logger == Logger.tensorboard:
             tensorboard_log.require()
         self.schedule = (artbp.Schedule.from_config(cfg) if cfg.method.name == MethodName.artbp
                          else None)
+        self.evaluator = Evaluator(cfg, self.run_dir, self.data, self.model, self.device,
+                                   self.loss_fn, self.window_loss, self.controller,
+                                   self.diagnostic_rng, self.schedule)
+        self.last_steps = 0  # new time steps of the last training step
+        self.last_row: Optional[dict] = None  # the last evaluation's row
         # CUDA graphs of the TBPTT step (cuda.graphs; None: every step eager, as on the CPU)
         self.graphs = graphs.build(cfg, self.model, self.device, self.loss_fn, self.lr)
 
@@ -195,118 +162,30 @@ class Trainer:
         p.segment_max = max(p.segment_max, steps)
 
     # --------------------------------------------------------------------- estimation
-    @property
-    def adaptive(self) -> bool:
-        return self.cfg.method.name == MethodName.adaptive
-
-    def _diverged_or_raise(self, err: ValueError) -> None:
-        """A NaN profile: the last steps may have diverged unchecked (Diverged); else re-raise."""
-        if all(torch.isfinite(w).all() for w in self.model.parameters()):
-            raise err
-        raise Diverged("the weights became NaN or inf (seen by the K estimator)") from err
-
     def update_K(self, steps: int, seconds: float) -> None:
         """Adaptive method: tell the controller what the last update consumed (time steps, or
         one chunk with ``method.reestimate_steps`` unset; its training seconds); when it
         updates K, take the new K and its learning rate (the estimate's time is training time)."""
-        if not self.adaptive:
+        if self.cfg.method.name != MethodName.adaptive:
             return
         ctl, m = self.controller, self.cfg.method
         try:
             updated = ctl.step(steps if m.reestimate_steps is not None else 1, seconds)
         except ValueError as err:
-            self._diverged_or_raise(err)
+            diverged_or_raise(self.model, err)
         if updated:
             self.progress.estimation_time += ctl.estimate.seconds
-            self.progress.estimate = _estimate_record(ctl.estimate, self.cfg.delta)
+            self.progress.estimate = estimate_record(ctl.estimate, self.cfg.delta)
             self.set_K(ctl.K)
-
-    # --------------------------------------------------------------------- evaluation
-    def log_estimate(self) -> Optional[dict]:
-        """The estimate shown in the logs: with ``method.log_from=chosen`` an adaptive run's
-        latest K update (before the first, fresh ones); otherwise the mean of
-        ``method.log_estimates`` fresh estimates (diagnostic: their time is
-        ``diagnostic_time``, not training time)."""
-        p, m = self.progress, self.cfg.method
-        if self.adaptive and m.log_from == LogFrom.chosen and p.estimate is not None:
-            return p.estimate
-        if m.log_estimates == 0:
-            return None
-        try:
-            est = self.controller.fresh_estimate(m.log_estimates, self.diagnostic_rng)
-        except ValueError as err:
-            self._diverged_or_raise(err)
-        p.diagnostic_time += est.seconds
-        return _estimate_record(est, self.cfg.delta)
-
-    def audit(self) -> Optional[float]:
-        m = self.cfg.method
-        if not m.audit or self.schedule is not None:  # ARTBP's bias is zero (its variance is logged)
-            return None
-        t0 = time.perf_counter()
-        bias = audit_bias(self.model, self.data.train, self.cfg, self.progress.K, self.window_loss,
-                          self.diagnostic_rng, self.device)
-        self.progress.diagnostic_time += time.perf_counter() - t0
-        return bias
-
-    def evaluate_row(self, train_loss: Optional[float]) -> Dict[str, object]:
-        p, data = self.progress, self.data
-        chunk = self.cfg.dataset.eval_chunk
-        valid = evaluate(self.model, data.valid, chunk, self.loss_fn, self.device)
-        test = evaluate(self.model, data.test, chunk, self.loss_fn, self.device)
-        # a non-finite loss ends the run as diverged (eval_and_save); no profile to estimate from
-        est = self.log_estimate() if math.isfinite(valid) and math.isfinite(test) else None
-        row = {"eval": p.evals, "epoch": round(self.fraction(), 6), "step": p.step,
-               "tokens": p.tokens, "train_loss": train_loss, "valid_loss": valid, "test_loss": test,
-               "K": p.K, "lr": self.lr(p.K), "true_rel_bias": self.audit()}
-        if data.classification:
-            row.update(valid_ppl=_ppl(valid), test_ppl=_ppl(test))
-        if self.schedule is not None:
-            row.update(self.artbp_row())
-        if est is not None:
-            rel = est["rel_bias"]
-            row.update(beta_hat=est["beta_hat"], delta_hat=rel[min(p.K, len(rel)) - 1],
-                       **{f"K_hat_{d}": est["K_hat"][d] for d in DELTAS})
-            for bound, alt in est["by_bound"].items():  # both stand-ins, same profiles
-                rel = alt["rel_bias"]
-                row[f"delta_hat_{bound}"] = rel[min(p.K, len(rel)) - 1]
-                row.update({f"K_hat_{d}_{bound}": alt["K_hat"][d] for d in DELTAS})
-            write_profile(self.run_dir / "profiles" / f"eval_{p.evals:05d}.csv",
-                          np.asarray(est["phi"]), np.asarray(est["cum"]), np.asarray(est["tail"]),
-                          est["beta_hat"], est["tau"])
-        return row
-
-    def artbp_row(self) -> Dict[str, object]:
-        """Segment lengths since the last evaluation (then reset) and the gradient's relative
-        variance on fresh estimation windows (diagnostic: estimation time, not training time)."""
-        p, m = self.progress, self.cfg.method
-        row: Dict[str, object] = {"trunc_mean": p.segment_sum / p.segment_count
-                                  if p.segment_count else None,
-                                  "trunc_max": p.segment_max if p.segment_count else None}
-        p.segment_sum = p.segment_count = p.segment_max = 0
-        if m.artbp_draws > 0:
-            t0 = time.perf_counter()
-            row["grad_rel_var"] = artbp_variance(self.model, self.data.train, self.cfg,
-                                                 self.schedule, self.window_loss,
-                                                 self.diagnostic_rng, self.device)
-            p.diagnostic_time += time.perf_counter() - t0
-        return row
 
     def fraction(self) -> float:
         return self.progress.fraction(self.walker.pos, self.data.train.length)
 
     # -------------------------------------------------------------------- checkpoints
     def save(self) -> None:
-        p = self.progress
-        payload = {
-            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "progress": asdict(p), "walker": (self.walker.pos, self.walker.anchor, self.walker.state),
-            "rng": torch.get_rng_state(), "diagnostic_rng": self.diagnostic_rng.get_state(),
-            "controller": None if self.controller is None else self.controller.state_dict(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-        }
-        save_checkpoint(self.run_dir / CHECKPOINT, payload)  # atomic
+        save_checkpoint(self.run_dir / CHECKPOINT, checkpoint.payload(  # atomic
+            self.cfg, self.model, self.optimizer, self.progress, self.walker,
+            self.diagnostic_rng, self.controller, self.device))
 
     def load(self, payload: dict) -> None:
         """Restore a checkpoint loaded onto the CPU (``rundir.load_checkpoint``), whichever
@@ -318,31 +197,12 @@ class Trainer:
         pos, anchor, state = payload["walker"]
         self.walker = Walker(pos, anchor, state_to(state, self.device))
         torch.set_rng_state(payload["rng"].cpu())
-        self._load_estimator_state(payload)
+        checkpoint.restore_estimator(payload, self.progress, self.controller,
+                                     self.diagnostic_rng, self.cfg.method.reestimate_steps)
         if payload["cuda_rng"] is not None and self.device.type == "cuda":
             for index, cuda_state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(cuda_state.cpu(), index)
         self.set_K(self.progress.K)
-
-    def _load_estimator_state(self, payload: dict) -> None:
-        """The controller's schedule and generators; a checkpoint of an earlier version (one
-        ``estimator_rng`` for everything, the schedule in ``progress``) is converted."""
-        p, ctl = self.progress, self.controller
-        if "controller" in payload:
-            if ctl is not None:
-                state = payload["controller"]
-                ctl.load_state_dict({**state, "generator": state["generator"].cpu()})
-            self.diagnostic_rng.set_state(payload["diagnostic_rng"].cpu())
-            return
-        if ctl is None:
-            self.diagnostic_rng.set_state(payload["estimator_rng"].cpu())
-        else:
-            ctl.generator.set_state(payload["estimator_rng"].cpu())
-            ctl.load_state_dict({
-                "K": p.K, "seconds": p.estimation_time, "num_estimates_done": 0,
-                "since_estimate": (p.steps_since_estimate if self.cfg.method.reestimate_steps
-                                   is not None else p.chunks_since_estimate),
-                "generator": ctl.generator.get_state()})
 
     # ----------------------------------------------------------------------- the loop
     def fit(self) -> None:
@@ -368,8 +228,9 @@ class Trainer:
             if chunks % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(loss_acc)
             now = time.perf_counter()
-            p.done = (self.fraction() >= cfg.epochs - 1e-9 or
-                      (cfg.max_time is not None and p.train_time + now - segment_start >= cfg.max_time))
+            p.done = (self.fraction() >= cfg.epochs - 1e-9
+                      or (cfg.max_time is not None
+                          and p.train_time + now - segment_start >= cfg.max_time))
             if p.done or self.fraction() >= p.evals / cfg.evals_per_epoch - 1e-9:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -385,28 +246,20 @@ class Trainer:
                 last_print = now
 
     def eval_and_save(self, train_loss: Optional[float], wall_time: float) -> None:
+        """Evaluate, append the row to metrics.csv (and tb/), checkpoint, snapshot; a
+        non-finite valid or test loss raises Diverged after its row is logged."""
         p = self.progress
-        row = self.evaluate_row(train_loss)
+        row = self.evaluator.row(p, self.fraction(), self.lr(p.K), train_loss)
         p.wall_time = wall_time
         row.update(train_time=p.train_time, wall_time=wall_time, estimation_time=p.estimation_time,
                    diagnostic_time=p.diagnostic_time)
         self.metrics.append(row)
         self.sync_tensorboard()
         self.last_row = row
-        _check_eval_finite(row)
+        check_eval_finite(row)
         p.evals += 1
         self.save()
-        self.snapshot()
-
-    def snapshot(self) -> None:
-        """``snapshot_epochs``: the weights of the first evaluation at or past each epoch, in
-        ``snapshots/epoch_<e>.pt`` (model ``state_dict``, epoch, K; written once, atomically)."""
-        for e in self.cfg.snapshot_epochs:
-            path = self.run_dir / "snapshots" / f"epoch_{e:g}.pt"
-            if self.fraction() >= e - 1e-9 and not path.exists():
-                path.parent.mkdir(exist_ok=True)
-                save_checkpoint(path, {"model": self.model.state_dict(), "epoch": self.fraction(),
-                                       "K": self.progress.K, "config": _config_dict(self.cfg)})
+        checkpoint.write_snapshots(self.cfg, self.run_dir, self.model, self.fraction(), p.K)
 
     def sync_tensorboard(self) -> None:
         """``logger=tensorboard``: copy the new metrics.csv row (and its profile) to tb/; the
@@ -430,7 +283,8 @@ class Trainer:
             return
         p, valid = self.progress, self.last_row["valid_loss"]
         rate = p.tokens / max(p.train_time, 1e-9)
-        metric = f"valid ppl {_ppl(valid):9.3f}" if self.data.classification else f"valid loss {valid:.5f}"
+        metric = (f"valid ppl {_ppl(valid):9.3f}" if self.data.classification
+                  else f"valid loss {valid:.5f}")
         print(f"epoch {self.fraction():7.3f} | step {p.step:6d} | train loss {train_loss:.4f} | "
               f"{metric} | K {p.K:4d} | {rate:9.0f} tok/s | {p.train_time:7.1f} s", flush=True)
 
@@ -440,72 +294,3 @@ def _check_finite(loss_acc: torch.Tensor) -> float:
     if not math.isfinite(value):
         raise Diverged(f"training loss became {value}")
     return value
-
-
-def _check_eval_finite(row: Dict[str, object]) -> None:
-    """A NaN or inf valid or test loss ends the run as diverged (after its row is logged)."""
-    for split in ("valid", "test"):
-        value = row[f"{split}_loss"]
-        if not math.isfinite(value):
-            raise Diverged(f"{split} loss became {value} at evaluation {row['eval']}")
-
-
-def _ppl(loss: float) -> float:
-    if not math.isfinite(loss):
-        return math.nan  # a diverged evaluation: NaN, not a perplexity of inf
-    return math.exp(loss) if loss < 700 else math.inf
-
-
-def _estimate_record(est: "adaptive.Estimate", delta: float) -> dict:
-    """Plain-Python copy of an estimate (checkpointable), with K_hat(delta) for the run's delta."""
-    return {"phi": np.asarray(est.phi).tolist(), "cum": np.asarray(est.cum).tolist(),
-            "tail": np.asarray(est.tail).tolist(), "rel_bias": np.asarray(est.rel_bias).tolist(),
-            "beta_hat": float(est.beta_hat), "tau": int(est.tau),
-            "K_hat": {d: int(est.K_hat[d]) for d in DELTAS}, "K_chosen": int(est.K_hat[delta]),
-            "by_bound": {b.value: {"rel_bias": np.asarray(rel).tolist(),
-                                   "K_hat": {d: int(k[d]) for d in DELTAS}}
-                         for b, (rel, k) in est.by_bound.items()}}
-
-
-@contextlib.contextmanager
-def _eval_windows(model: RNNModel, split, cfg: Config, generator, device):
-    """Fresh estimation windows in eval mode: yields ``(x, y, state)``, the ``window`` steps
-    of ``num_windows`` windows and their state after a ``burn_in`` run without gradient."""
-    m = cfg.method
-    was_training = model.training
-    model.eval()
-    try:
-        x, y = adaptive.sample_windows(split.inputs, split.targets, m.burn_in + m.window,
-                                       m.num_windows, generator)
-        x, y = x.to(device), y.to(device)
-        state = model.init_state(m.num_windows, device)
-        if m.burn_in > 0:
-            with torch.no_grad():
-                _, state = model.recur(x[:m.burn_in], state)
-        yield x[m.burn_in:], y[m.burn_in:], state
-    finally:
-        model.train(was_training)
-
-
-def audit_bias(model: RNNModel, split, cfg: Config, K: int, loss_fn, generator, device) -> float:
-    """True relative bias of TBPTT(K) on fresh estimation windows (``method.audit``)."""
-    with _eval_windows(model, split, cfg, generator, device) as (x, y, state):
-        return adaptive.true_relative_bias(model, x, y, state, loss_fn, min(K, cfg.method.window))
-
-
-def artbp_variance(model: RNNModel, split, cfg: Config, schedule: "artbp.Schedule", loss_fn,
-                   generator, device) -> float:
-    """ARTBP's gradient relative variance (``artbp.relative_variance``) on fresh estimation
-    windows: ``num_windows`` windows of ``window`` steps after a ``burn_in``, eval mode."""
-    with _eval_windows(model, split, cfg, generator, device) as (x, y, state):
-        return artbp.relative_variance(model, x, y, state, loss_fn, schedule,
-                                       cfg.method.artbp_draws, generator)
-
-
-# ---------------------------------------------------------------------------- one run
-def run(cfg: Config, run_dir: Path, default_data_dir: Path = Path("data"),
-        cache_dir: Optional[Path] = None, on_start: Optional[Callable[[], None]] = None) -> str:
-    """``run.run``: a run's lifecycle (accept, lock, start or resume, train, record the end)."""
-    from .run import run as run_lifecycle
-
-    return run_lifecycle(cfg, run_dir, default_data_dir, cache_dir, on_start)
