@@ -79,7 +79,8 @@ def configure(args) -> None:
     """Sizes of the LM preset, or tiny ones with ``--quick``."""
     if args.quick:
         args.sizes, args.vocab, args.batch, args.windows = [16], 50, 4, 4
-        args.window, args.burn_in, args.estimates, args.K, args.chunks, args.rounds = 12, 3, 3, 5, 2, 1
+        args.window, args.burn_in, args.estimates = 12, 3, 3
+        args.K, args.chunks, args.rounds = 5, 2, 1
     else:
         args.vocab, args.batch, args.windows, args.window, args.burn_in = 10_000, 32, 32, 400, 40
         args.estimates, args.K, args.chunks = 5, 100, 3
@@ -87,7 +88,8 @@ def configure(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hidden", dest="sizes", type=int, nargs="+", default=[200])
     p.add_argument("--rounds", type=int, default=0, help="paired rounds (default 3)")

@@ -40,7 +40,8 @@ def eager_chunks(model, split, K, device, chunks, bf16=False) -> float:
     for _ in range(chunks):
         optimizer.zero_grad(set_to_none=True)
         with graphs.autocast(torch.device(device), bf16):
-            loss, _ = chunk_forward(model, split, walker, K, Style.overlap, sequence_loss(True), device)
+            loss, _ = chunk_forward(model, split, walker, K, Style.overlap, sequence_loss(True),
+                                    device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP / K)
         optimizer.step()
@@ -80,19 +81,20 @@ def rows_for(hidden: int, K: int, args) -> List[tuple]:
     tokens = K * args.chunks * args.batch
     kind = "graphs" if device == "cuda" else "static buffers, no graph (CPU)"
     label = f"overlap K={K}, LSTM 1x{hidden}, batch {args.batch}"
-    t_ours, t_base, ratio = paired(lambda: graphed_chunks(steps, model, split, K, device, args.chunks),
-                                   lambda: eager_chunks(model, split, K, device, args.chunks),
-                                   args.rounds)
+    t_ours, t_base, ratio = paired(
+        lambda: graphed_chunks(steps, model, split, K, device, args.chunks),
+        lambda: eager_chunks(model, split, K, device, args.chunks), args.rounds)
     target = {200: ">= 2x", 900: ">= 1.3x"}.get(hidden, "") if device == "cuda" else ""
-    rows = [(f"{label}: {kind} vs eager, tokens/s", tokens / t_ours, tokens / t_base, ratio, target)]
+    rows = [(f"{label}: {kind} vs eager, tokens/s", tokens / t_ours, tokens / t_base, ratio,
+             target)]
     if args.bf16 and device == "cuda":
         half = graphs.StepGraphs(model, list(model.parameters()), style=Style.overlap,
                                  loss_fn=sequence_loss(True), lr=lambda k: LR * k ** 0.5,
                                  clip=CLIP, weight_decay=WD, device=torch.device(device),
                                  capture=capture, bf16=True)
-        t_ours, t_base, ratio = paired(lambda: graphed_chunks(half, model, split, K, device, args.chunks),
-                                       lambda: eager_chunks(model, split, K, device, args.chunks),
-                                       args.rounds)
+        t_ours, t_base, ratio = paired(
+            lambda: graphed_chunks(half, model, split, K, device, args.chunks),
+            lambda: eager_chunks(model, split, K, device, args.chunks), args.rounds)
         rows.append((f"{label}: graphs + bf16 autocast vs eager float32, tokens/s",
                      tokens / t_ours, tokens / t_base, ratio, ""))
     return rows
@@ -105,14 +107,16 @@ def table_rows(args) -> List[tuple]:
 
 def configure(args) -> None:
     if args.quick:
-        args.sizes, args.Ks, args.vocab, args.batch, args.chunks, args.rounds = [16], [5], 50, 4, 3, 1
+        args.sizes, args.Ks, args.vocab = [16], [5], 50
+        args.batch, args.chunks, args.rounds = 4, 3, 1
     else:
         args.vocab, args.batch = 10_000, 32
         args.chunks, args.rounds = args.chunks or 20, args.rounds or 5
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hidden", dest="sizes", type=int, nargs="+", default=[200, 900])
     p.add_argument("--K", dest="Ks", type=int, nargs="+", default=[35])

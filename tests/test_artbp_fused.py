@@ -175,8 +175,10 @@ def test_sliced_loss_equals_the_one_shot_loss(classification):
 @pytest.mark.parametrize("cell", list(Cell))
 def test_unbiased_over_every_draw_with_sliced_readout(cell, monkeypatch):
     """tests/test_artbp.py's enumeration with segments decoded two steps at a time."""
+    from test_artbp import SCHEDULES as EXACT
+    from test_artbp import expected_grad, full_grad, make_model, make_split
+
     from atbptt import readout
-    from test_artbp import SCHEDULES as EXACT, expected_grad, full_grad, make_model, make_split
 
     monkeypatch.setattr(readout, "SLICE_ELEMENTS", 2 * 2 * 5)  # B = 2, vocabulary 5
     model, split = make_model(cell), make_split()

@@ -34,7 +34,8 @@ def model_of(cell: Cell, dropout: float = 0.0, dtype=torch.float64) -> RNNModel:
 
 def split(T: int = 150, B: int = 4):
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, VOCAB, (T, B), generator=g), torch.randint(0, VOCAB, (T, B), generator=g)
+    x = torch.randint(0, VOCAB, (T, B), generator=g)
+    return x, torch.randint(0, VOCAB, (T, B), generator=g)
 
 
 def run(model, batch: bool, seed: int = 3, **overrides):

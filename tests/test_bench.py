@@ -30,7 +30,8 @@ def test_bench_quick_prints_one_table():
     assert any(lab.startswith("loss alone, fwd+bwd") for lab in labels)
     assert any(lab.startswith("ARTBP mean K=35 (c=1/35) vs fixed chunk K=35") for lab in labels)
     assert any(lab.startswith("ARTBP mean K=35 (c=1/35) vs fixed overlap K=35") for lab in labels)
-    assert any(lab.startswith("ARTBP mean K=35: fused segments vs one step at a time") for lab in labels)
+    assert any(lab.startswith("ARTBP mean K=35: fused segments vs one step at a time")
+               for lab in labels)
     assert any("static buffers, no graph (CPU) vs eager" in lab for lab in labels)
     assert any(lab.startswith("K update, 3 estimates") and "together vs separate" in lab
                for lab in labels)

@@ -131,7 +131,8 @@ def _run_graphed(style: Style, schedule, use_graphs: bool, bf16: bool = False):
 
     ids = torch.randint(0, 50, (121, 8), generator=torch.Generator().manual_seed(2))
     split = Split(ids[:-1], ids[1:])
-    model, steps = _graph_setup(style, capture=graphs.cuda_capture() if use_graphs else graphs.eager_capture)
+    capture = graphs.cuda_capture() if use_graphs else graphs.eager_capture
+    model, steps = _graph_setup(style, capture=capture)
     steps.bf16 = bf16
     walker, losses = Walker.start(model, 8, "cuda"), []
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=1e-5)

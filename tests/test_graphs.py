@@ -100,7 +100,8 @@ def test_which_steps_have_the_steady_shape():
     assert not steps.eligible(Walker(10, 7, state), 5, 60)  # K changed: anchor elsewhere
     assert not steps.eligible(Walker(56, 52, state), 5, 60)  # the split's last, short chunk
     chunk = step_graphs(model_of(), Style.chunk)
-    assert chunk.eligible(Walker(0, 0, state), 5, 60) and not chunk.eligible(Walker(57, 57, state), 5, 60)
+    assert chunk.eligible(Walker(0, 0, state), 5, 60)
+    assert not chunk.eligible(Walker(57, 57, state), 5, 60)
 
 
 def test_a_failed_capture_falls_back_or_raises(capsys):

@@ -170,7 +170,8 @@ def _lstm_loop(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     pre = _affine(x, w_ih, b_ih)
     if b_hh is not None:
         pre += b_hh
-    gates, cells, out = torch.empty_like(pre), torch.empty_like(pre[..., :H]), torch.empty_like(pre[..., :H])
+    gates = torch.empty_like(pre)
+    cells, out = torch.empty_like(pre[..., :H]), torch.empty_like(pre[..., :H])
     h, c, w = h0, c0, w_hh.t()
     for s in range(L):
         torch.addmm(pre[s], h, w, out=pre[s])

@@ -166,7 +166,8 @@ class StepGraphs:
     def _on_device(self, split: Split) -> Split:
         """The training split on the device, copied once (chunks are then copied on the GPU)."""
         if self._split is None or self._split[0] is not split:
-            self._split = (split, Split(split.inputs.to(self.device), split.targets.to(self.device)))
+            on_device = Split(split.inputs.to(self.device), split.targets.to(self.device))
+            self._split = (split, on_device)
         return self._split[1]
 
     def _fill(self, entry: _Entry, source: Split, walker: Walker, start: int, K: int) -> None:
