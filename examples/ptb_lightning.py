@@ -2,7 +2,7 @@
 the adaptive rule (Aicher, Foti & Fox, UAI 2019) or ARTBP (``atbptt.lightning.TBPTTMixin``).
 
     pip install -e '.[lightning]'
-    python examples/ptb_lightning.py --method adaptive --delta 0.1          # PTB from $ATBPTT_DATA/ptb
+    python examples/ptb_lightning.py --method adaptive --delta 0.1   # PTB from $ATBPTT_DATA/ptb
     python examples/ptb_lightning.py --method artbp --K 35 --max-batches 20 --hidden 32 --emsize 32
 
 Batches are consecutive segments of ``--segment`` steps of the ``--batch-size`` streams; K does
@@ -75,7 +75,8 @@ def truncation_of(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="folder holding ptb/ (default $ATBPTT_DATA, ./data)")
+    p.add_argument("--data", default=None,
+                   help="folder holding ptb/ (default $ATBPTT_DATA, ./data)")
     p.add_argument("--method", choices=("fixed", "adaptive", "artbp"), default="adaptive")
     p.add_argument("--K", type=int, default=35, help="fixed K, adaptive K0, ARTBP mean length")
     p.add_argument("--delta", type=float, default=0.1)
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
                         logger=CSVLogger(args.out, name="ptb"), enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, log_every_n_steps=1, **limit)
-    loaders = {s: stream_loader(split.inputs, split.targets, args.segment) for s, split in splits.items()}
+    loaders = {s: stream_loader(split.inputs, split.targets, args.segment)
+               for s, split in splits.items()}
     try:
         trainer.fit(module, loaders["train"], loaders["valid"])
     except ValueError as err:  # e.g. estimator windows longer than the training streams
@@ -140,7 +142,8 @@ def main(argv=None) -> int:
     Ks = [k for _, k in module.tbptt_history]
     print(f"| chunks {len(Ks)} | K first {Ks[0]} last {Ks[-1]} mean {sum(Ks) / len(Ks):.1f} | "
           f"logs {trainer.logger.log_dir}")
-    print(f"| end | valid ppl {math.exp(valid):8.2f} | test ppl {math.exp(module.tbptt_eval_loss):8.2f}")
+    print(f"| end | valid ppl {math.exp(valid):8.2f} | "
+          f"test ppl {math.exp(module.tbptt_eval_loss):8.2f}")
     return 0
 
 

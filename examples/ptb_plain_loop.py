@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from atbptt import AdaptiveTruncation
@@ -139,7 +138,8 @@ def train(args, model, train_data, criterion, ctl) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_data = Path(os.environ.get("ATBPTT_DATA", "data")) / "ptb"
-    p.add_argument("--data", type=Path, default=default_data, help="folder of ptb.{train,valid,test}.txt")
+    p.add_argument("--data", type=Path, default=default_data,
+                   help="folder of ptb.{train,valid,test}.txt")
     p.add_argument("--model", default="LSTM", choices=["LSTM", "GRU"])
     p.add_argument("--emsize", type=int, default=200)
     p.add_argument("--hidden", type=int, default=200)
@@ -184,8 +184,8 @@ def main(argv=None) -> None:
     train_time = time.time() - start
     valid = evaluate(model, batchify(corpus.valid, 10), criterion, 35, args.max_eval_batches)
     test = evaluate(model, batchify(corpus.test, 10), criterion, 35, args.max_eval_batches)
-    print(f"| end | valid ppl {math.exp(valid):9.2f} | test ppl {math.exp(test):9.2f} | K {ctl.K} | "
-          f"estimates {ctl.num_estimates_done} | estimator {ctl.seconds:.1f} s of "
+    print(f"| end | valid ppl {math.exp(valid):9.2f} | test ppl {math.exp(test):9.2f} | "
+          f"K {ctl.K} | estimates {ctl.num_estimates_done} | estimator {ctl.seconds:.1f} s of "
           f"{train_time:.1f} s training", flush=True)
 
 

@@ -45,7 +45,8 @@ METRIC_COLUMNS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", 
                   "K_hat_0.1", "true_rel_bias", "trunc_mean", "trunc_max", "grad_rel_var",
                   # both stand-ins for ‖E ĝ_K‖ (NOTES §3 step 2), logged from the same profiles
                   *(f"delta_hat_{b}" for b in ("grad", "norm_sum")),
-                  *(f"K_hat_{d}_{b}" for b in ("grad", "norm_sum") for d in ("1.0", "0.9", "0.5", "0.1"))]
+                  *(f"K_hat_{d}_{b}" for b in ("grad", "norm_sum")
+                    for d in ("1.0", "0.9", "0.5", "0.1"))]
 STANDINS = ("grad", "norm_sum")
 # the data python -m atbptt.floor measures (results/copy_floor.csv): the presets' sizes, data seed 0
 DEFAULT_COPY_DATA = {"seed": 0, "train_length": 4000, "eval_length": 1000, "batch_size": 64,
@@ -109,13 +110,16 @@ def read_meta(run_dir: Path) -> dict:
         budget = f"{float(meta['epochs_budget']):g} epochs" if meta["epochs_budget"] else ""
         if meta["max_time"]:
             budget += f"{' or ' if budget else ''}{float(meta['max_time']):g} s of training"
-        meta["scale"] = f"{meta.get('model', 'model ?')}, budget {budget}, {meta.get('device', '?')}"
+        meta["scale"] = (f"{meta.get('model', 'model ?')}, budget {budget}, "
+                         f"{meta.get('device', '?')}")
     model_cfg = cfg.get("model") or {}
     # runs from before model.init / method.grad_norm_bound existed used PyTorch's defaults
     # and the averaged-gradient stand-in
     meta["init"] = _first(meta.get("init"), model_cfg.get("init"), "torch")
-    meta["grad_norm_bound"] = _first(meta.get("grad_norm_bound"), method_cfg.get("grad_norm_bound"), "grad")
-    meta["default_copy_data"] = all(dataset_cfg.get(k, v) == v for k, v in DEFAULT_COPY_DATA.items())
+    meta["grad_norm_bound"] = _first(meta.get("grad_norm_bound"),
+                                     method_cfg.get("grad_norm_bound"), "grad")
+    meta["default_copy_data"] = all(dataset_cfg.get(k, v) == v
+                                    for k, v in DEFAULT_COPY_DATA.items())
     meta.setdefault("status", "failed")
     meta.setdefault("task", None)
     meta["run_dir"] = display_path(run_dir)
@@ -208,7 +212,8 @@ def setting_label(method: str, K: int, delta: float, artbp: dict | None = None) 
 def _rho(meta: dict):
     """The data's true decay (linear/var sweeps over it), rounded so equal values match."""
     rho = meta.get("true_rho")
-    return None if rho is None or (isinstance(rho, float) and math.isnan(rho)) else round(float(rho), 6)
+    return (None if rho is None or (isinstance(rho, float) and math.isnan(rho))
+            else round(float(rho), 6))
 
 
 def setting_key(meta: dict) -> tuple:

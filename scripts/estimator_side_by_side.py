@@ -17,7 +17,8 @@ Writes ``<out>/side_by_side.csv`` (one row per weights, procedure and repeat) an
 ``<out>/side_by_side.md``. Needs the corpus (``$ATBPTT_DATA``); one thread.
 
     python scripts/estimator_side_by_side.py --experiment ptb_cpu_long \\
-        --snapshots results/ptb_cpu_long/runs/seed0/*/snapshots/epoch_*.pt --out results/side_by_side
+        --snapshots results/ptb_cpu_long/runs/seed0/*/snapshots/epoch_*.pt \\
+        --out results/side_by_side
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def table(frame: pd.DataFrame) -> str:
     for weights, by_w in frame.groupby("weights", sort=False):
         for proc in PROCEDURES:
             sub = by_w[by_w.procedure == proc]
-            lines.append(f"| {weights} | {proc} | " + " | ".join(cell(sub[q], q) for q in QUANTITIES) + " |")
+            lines.append(f"| {weights} | {proc} | "
+                         + " | ".join(cell(sub[q], q) for q in QUANTITIES) + " |")
     return "\n".join(lines)
 
 

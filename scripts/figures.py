@@ -59,8 +59,8 @@ def load_experiment(folder: Path) -> dict:
     provenance_path = folder / "provenance.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
     task = str(summary["task"].iloc[0]) if "task" in summary and len(summary) else "classification"
-    return {"name": folder.name, "folder": folder, "runs": runs, "summary": summary, "profiles": profiles,
-            "provenance": provenance, "task": task,
+    return {"name": folder.name, "folder": folder, "runs": runs, "summary": summary,
+            "profiles": profiles, "provenance": provenance, "task": task,
             "metric": "ppl" if task == "classification" else "loss"}
 
 
@@ -438,11 +438,14 @@ def standin_table(exp: dict) -> list[str]:
     lines = ["Stand-ins for ‖E ĝ_K‖ against the audited true relative bias of the K in use "
              "(evaluations with method.audit):", "",
              "| setting | audited evals | median true bias | δ̂ ≥ true: grad | δ̂ ≥ true: norm_sum "
-             "| median δ̂: grad | median δ̂: norm_sum | median K̂(0.5): grad | median K̂(0.5): norm_sum |",
+             "| median δ̂: grad | median δ̂: norm_sum | median K̂(0.5): grad "
+             "| median K̂(0.5): norm_sum |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
-        lines.append(f"| {r['setting']} | {int(r['n_audited'])} | {r['true_rel_bias_median']:.3g} | "
-                     f"{100 * r['share_grad_bounds_true']:.0f} % | {100 * r['share_norm_sum_bounds_true']:.0f} % | "
+        lines.append(f"| {r['setting']} | {int(r['n_audited'])} | "
+                     f"{r['true_rel_bias_median']:.3g} | "
+                     f"{100 * r['share_grad_bounds_true']:.0f} % | "
+                     f"{100 * r['share_norm_sum_bounds_true']:.0f} % | "
                      f"{r['delta_hat_grad_median']:.3g} | {r['delta_hat_norm_sum_median']:.3g} | "
                      f"{r['K_hat_0.5_grad_median']:g} | {r['K_hat_0.5_norm_sum_median']:g} |")
     return lines + [""]

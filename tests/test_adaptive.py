@@ -82,7 +82,8 @@ def word_lm(rnn_type: str, cls=WordLM, seed: int = 0, **kwargs) -> WordLM:
 
 def word_lm_inputs(model, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randint(0, VOCAB, (W, S), generator=gen), torch.randint(0, VOCAB, (W, S), generator=gen)
+    x, y = (torch.randint(0, VOCAB, (W, S), generator=gen),
+            torch.randint(0, VOCAB, (W, S), generator=gen))
     state = tuple(0.5 * torch.randn(s.shape, generator=gen, dtype=torch.float64)
                   for s in as_tuple(model.init_hidden(S)))
     return x, y, (state if model.rnn_type == "LSTM" else state[0])
@@ -434,7 +435,7 @@ def test_profile_on_cuda_in_eval_mode_matches_cpu():
     assert np.all(np.isfinite(est.phi))
 
 
-# ----------------------------------------------------------------------------- stand-ins for ‖E ĝ_K‖
+# ------------------------------------------------------------------------- stand-ins for ‖E ĝ_K‖
 
 def test_norm_sum_stand_in_by_hand():
     """norm_sum: G_k = Σ_{j≤k} φ̂_j (NOTES §3 step 2), the rest as for grad."""

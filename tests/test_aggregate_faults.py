@@ -2,7 +2,6 @@
 and why, the others are aggregated; interrupted runs are counted; no pandas warnings."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

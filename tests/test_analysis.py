@@ -126,7 +126,8 @@ def artbp_rows(valid, variance, lengths, K=10):
     """ARTBP evaluations: K (the mean length), realised mean and max lengths, variance."""
     return [{"valid": v, "test": v, "K": K, "extra": {
         "trunc_mean": "" if i == 0 else mean, "trunc_max": "" if i == 0 else top,
-        "grad_rel_var": var}} for i, (v, var, (mean, top)) in enumerate(zip(valid, variance, lengths))]
+        "grad_rel_var": var}}
+        for i, (v, var, (mean, top)) in enumerate(zip(valid, variance, lengths))]
 
 
 def make_mixed_sweep(tmp: Path) -> None:
@@ -143,7 +144,8 @@ def make_mixed_sweep(tmp: Path) -> None:
     for seed, variance in ((0, [0.1, 0.3, 0.5]), (1, [0.1, 0.5, 0.9])):
         write_run(sweep / f"artbp10,seed={seed}",
                   {**ident, "method": "artbp", "K": 10, "seed": seed, "artbp": constant},
-                  artbp_rows([6.0, 1.8, 1.3 + 0.1 * seed], variance, [(0, 0), (9.5, 41), (10.5, 57)]),
+                  artbp_rows([6.0, 1.8, 1.3 + 0.1 * seed], variance,
+                             [(0, 0), (9.5, 41), (10.5, 57)]),
                   columns=ARTBP_METRICS)
     write_run(sweep / "artbp10poly", {**ident, "method": "artbp", "K": 10, "seed": 0},
               artbp_rows([6.0, 2.2, 1.7], [0.2, 0.2, 0.2], [(0, 0), (10.0, 300), (9.0, 120)]),

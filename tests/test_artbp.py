@@ -116,7 +116,8 @@ def test_compensation_is_identity_forward_and_scales_the_state_gradient():
     out = artbp.compensate((h, c), 1.5)
     assert torch.equal(out[0], h) and torch.equal(out[1], c)
     (out[0].sum() + 2 * out[1].sum()).backward()
-    assert torch.equal(h.grad, torch.full_like(h, 1.5)) and torch.equal(c.grad, torch.full_like(c, 3.0))
+    assert (torch.equal(h.grad, torch.full_like(h, 1.5))
+            and torch.equal(c.grad, torch.full_like(c, 3.0)))
 
 
 def test_segment_forward_values_equal_the_fused_forward():

@@ -57,7 +57,8 @@ def test_same_seed_same_metrics_and_seed_changes_them(tmp_path, tiny):
     dirs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         dirs[name] = tmp_path / name
-        result = run_cli([*tiny, "method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "model.dropout=0.1",
+        result = run_cli([*tiny, "method=adaptive", "method.reestimate_every=3",
+                          "method.reestimate_steps=null", "model.dropout=0.1",
                           f"seed={seed}", f"hydra.run.dir={dirs[name]}"], cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     a, b, c = (without_time(rows(dirs[n])) for n in "abc")
@@ -72,14 +73,16 @@ def test_initial_weights_shared_across_methods(tmp_path, tiny):
     first = {}
     for setting in ("K5", "K10", "delta0.5"):
         out = tmp_path / setting
-        assert run_cli([*tiny, f"+setting={setting}", f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
+        assert run_cli([*tiny, f"+setting={setting}", f"hydra.run.dir={out}"],
+                       cwd=tmp_path).returncode == 0
         first[setting] = rows(out)[0]["valid_loss"]
     assert len(set(first.values())) == 1
 
 
 def test_two_job_sweep(tmp_path, tiny):
     sweep = tmp_path / "sweep"
-    result = run_cli(["-m", *tiny, "+setting=K5,delta0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    result = run_cli(["-m", *tiny, "+setting=K5,delta0.5", f"hydra.sweep.dir={sweep}"],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 and all("setting=" in p.name for p in jobs)

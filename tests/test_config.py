@@ -48,7 +48,8 @@ def test_paper_settings_per_dataset():
     wiki = compose_config("dataset=wikitext2")
     assert (ptb.dataset.batch_size, ptb.optim.lr_power, ptb.model.tie_weights) == (32, 0.5, True)
     assert (wiki.dataset.batch_size, wiki.optim.lr_power) == (16, 1.0)
-    assert (ptb.method.window, ptb.method.burn_in, ptb.method.k_min, ptb.method.k_max) == (400, 40, 10, 300)
+    assert (ptb.method.window, ptb.method.burn_in, ptb.method.k_min,
+            ptb.method.k_max) == (400, 40, 10, 300)
     assert ptb.dataset.eval_batch_size == 10 and ptb.dataset.eval_chunk == 100
     paper = compose_config("experiment=ptb_paper")
     assert (paper.model.hidden_size, paper.model.embedding_size) == (900, 900)
@@ -70,7 +71,8 @@ def test_settings_match_method_and_value():
 
 @pytest.mark.parametrize("argv,needle", [
     (["model=transformer"], "allowed: gru, lstm, srnn"),
-    (["dataset=nope"], "allowed: copy, copy_paper, copy_variable, copy_variable_paper, linear, ptb, var, wikitext2"),
+    (["dataset=nope"], "allowed: copy, copy_paper, copy_variable, copy_variable_paper, linear, "
+                       "ptb, var, wikitext2"),
     (["method=sgd"], "allowed: adaptive, artbp, fixed"),
     (["K=0"], "K must be an integer >= 1"),
     (["K=ten"], "K=ten"),
@@ -89,7 +91,8 @@ def test_settings_match_method_and_value():
     (["method=artbp", "K=1"], "K must be > method.artbp_stride (1) for method=artbp"),
     (["method=artbp", "K=8", "method.artbp_stride=8"], "K must be > method.artbp_stride (8)"),
     (["method=artbp", "method.style=overlap"], "method.style must be chunk for method=artbp"),
-    (["method=artbp", "K=10", "method.artbp_max_length=5"], "method.artbp_max_length must be >= K (10)"),
+    (["method=artbp", "K=10", "method.artbp_max_length=5"],
+     "method.artbp_max_length must be >= K (10)"),
     (["method.artbp_alpha=3"], "method.artbp_alpha must be a finite number > 3"),
     (["method.artbp_schedule=exp"], "expected one of [constant, poly]"),
     (["method.artbp_draws=-1"], "method.artbp_draws must be an integer >= 0"),
@@ -140,13 +143,18 @@ def test_post_init_errors_are_config_errors():
     (["-m", "progress=true,false"], "jobs progress=True and progress=False of this sweep would "
                                     "share the directory '.' under hydra.sweep.dir"),
     (["-m", "threads=1,2", "K=5"], "would share the directory 'K=5'"),
-    (["-m", "K=5,6", "hydra.sweep.subdir=same"], "jobs K=5 and K=6 of this sweep would share the directory 'same'"),
-    (["-m", "experiment=copy_fixed", "hydra.sweep.subdir=x"], "jobs +setting=K5,seed=0,experiment=copy_fixed and +setting=K5,seed=1,experiment=copy_fixed "
+    (["-m", "K=5,6", "hydra.sweep.subdir=same"],
+     "jobs K=5 and K=6 of this sweep would share the directory 'same'"),
+    (["-m", "experiment=copy_fixed", "hydra.sweep.subdir=x"],
+     "jobs +setting=K5,seed=0,experiment=copy_fixed and +setting=K5,seed=1,experiment=copy_fixed "
      "of this sweep would share the directory 'x'"),
     # each value is fine, the combination is not: every job is checked
-    (["-m", "K=5,1000", "optim.lr_power=0,20"], "job K=1000,optim.lr_power=20: optim.lr=1.0 with optim.lr_power=20.0"),
+    (["-m", "K=5,1000", "optim.lr_power=0,20"],
+     "job K=1000,optim.lr_power=20: optim.lr=1.0 with optim.lr_power=20.0"),
     # the preset's own grid is checked too: K=20 with lr_power 30 overflows float32
-    (["-m", "experiment=copy_fixed", "optim.lr_power=30"], "job +setting=K20,seed=0,experiment=copy_fixed,optim.lr_power=30: optim.lr=1.0 with optim.lr_power=30.0"),
+    (["-m", "experiment=copy_fixed", "optim.lr_power=30"],
+     "job +setting=K20,seed=0,experiment=copy_fixed,optim.lr_power=30: "
+     "optim.lr=1.0 with optim.lr_power=30.0"),
 ])
 def test_sweeps_that_cannot_run_as_asked_are_refused_at_launch(argv, needle):
     message = precheck(argv)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from atbptt.config_source import ConfigSource, group_options
 from atbptt.validate import precheck
-from conftest import TINY, run_cli
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_group_options_include_the_user_directory(user_dir):
     assert group_options("preset", ConfigSource(str(user_dir))) == ["small"]
 
 
-@pytest.mark.parametrize("flags", [["-cd", "{dir}"], ["--config-dir", "{dir}"], ["--config-dir={dir}"]])
+@pytest.mark.parametrize("flags", [["-cd", "{dir}"], ["--config-dir", "{dir}"],
+                                   ["--config-dir={dir}"]])
 @pytest.mark.parametrize("overrides", [["experiment=mine"], ["experiment=mine", "K=3"],
                                        ["+preset=small"], ["-m", "experiment=mine", "seed=0,1"],
                                        ["-cn", "mine"], ["--config-name=mine", "K=4"],

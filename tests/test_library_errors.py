@@ -65,7 +65,8 @@ def test_any_bad_argument_is_a_value_error_naming_it(bad):
 def test_a_batch_first_model_is_told_that_input_is_time_major(where):
     x, y = data()
     model = Net(batch_first=True)
-    with pytest.raises(ValueError, match="batch_first=True.*time-major input \\[T, B, \\.\\.\\.\\]"):
+    with pytest.raises(ValueError,
+                       match="batch_first=True.*time-major input \\[T, B, \\.\\.\\.\\]"):
         if where == "controller":
             AdaptiveTruncation(model, x, y, loss, **GOOD)
         elif where == "estimate":

@@ -113,7 +113,8 @@ def test_fixed_K_chunks_cross_batches_as_a_plain_tbptt_loop():
     state = ref.init_state(split.num_streams, "cpu")
     for pos in range(0, split.length, K):
         out, state = ref(split.inputs[pos:pos + K], state)
-        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), split.targets[pos:pos + K].reshape(-1))
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]),
+                               split.targets[pos:pos + K].reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,7 +136,8 @@ def test_artbp_segment_gradient_equals_the_projects_segment():
     ref = copy.deepcopy(net)  # atbptt.artbp's own segment (compensation at every draw point)
     walker = Walker.start(ref, split.num_streams, "cpu")
     loss, _ = artbp.segment_forward(ref, split, walker, schedule, lengths[0],
-                                    lambda o, y: F.cross_entropy(o.reshape(-1, o.shape[-1]), y.reshape(-1)),
+                                    lambda o, y: F.cross_entropy(o.reshape(-1, o.shape[-1]),
+                                                                 y.reshape(-1)),
                                     "cpu")
     loss.backward()
     for got, want in zip(module.grads[0], ref.parameters()):
@@ -164,7 +166,8 @@ def test_adaptive_picks_the_controllers_K_hat_on_the_same_weights_and_windows():
 
 def test_validation_carries_the_state_across_batches():
     split, vocab = corpus()
-    train, valid = Split(split.inputs[:40], split.targets[:40]), Split(split.inputs[40:], split.targets[40:])
+    train, valid = (Split(split.inputs[:40], split.targets[:40]),
+                    Split(split.inputs[40:], split.targets[40:]))
     module = TinyLM(make_net(vocab, seed=4), Fixed(8))
     trainer = fit(module, train, 6, valid=valid)
     net = copy.deepcopy(module.net).eval()
@@ -227,7 +230,8 @@ def test_import_without_lightning_is_one_line_and_atbptt_still_works():
 def test_bad_truncation_settings_name_the_key():
     with pytest.raises(ValueError, match=r"^K=0 is not allowed; K must be an integer >= 1$"):
         Fixed(0)
-    with pytest.raises(ValueError, match=r"^schedule='cubic' is not allowed; allowed: constant, poly$"):
+    with pytest.raises(ValueError,
+                       match=r"^schedule='cubic' is not allowed; allowed: constant, poly$"):
         ARTBP(5.0, schedule="cubic").to_schedule()
 
 
@@ -246,7 +250,8 @@ def test_ptb_example_trains_in_a_lightning_trainer(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(re.findall(r"\| estimate \| step +\d+ \| K_hat +\d+", res.stdout)) == 2
     end = re.search(r"\| end \| valid ppl +(\S+) \| test ppl +(\S+)", res.stdout)
-    assert all(math.isfinite(float(v)) and float(v) < 3000 for v in end.groups())  # untrained ~10,000
+    # untrained ~10,000
+    assert all(math.isfinite(float(v)) and float(v) < 3000 for v in end.groups())
     with open(tmp_path / "ptb" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["tbptt/K"]) for r in rows if r["tbptt/K"]][0] == 35.0
@@ -255,6 +260,7 @@ def test_ptb_example_trains_in_a_lightning_trainer(tmp_path):
 
 def test_ptb_example_refuses_bad_input_in_one_line(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "examples" / "ptb_lightning.py"), "--method",
-                          "fixed", "--K", "0", "--out", str(tmp_path)], capture_output=True, text=True)
+                          "fixed", "--K", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
     assert res.returncode == 2 and res.stdout == "" and list(tmp_path.iterdir()) == []
     assert res.stderr == "ptb_lightning.py: error: K=0 is not allowed; K must be an integer >= 1\n"

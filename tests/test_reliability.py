@@ -67,8 +67,8 @@ def profiles(run_dir: Path) -> dict:
     ["method=fixed", "model.num_layers=2", "model.dropout=0.2"],
     # K changes every 3 chunks: the estimator's RNG, K and its counters are in the checkpoint
     # (PyTorch's initialization: on this tiny model its K̂ moves over more values than the paper's)
-    ["method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "delta=0.05", "model.num_layers=2",
-     "model.dropout=0.2", "model.init=torch"],
+    ["method=adaptive", "method.reestimate_every=3", "method.reestimate_steps=null", "delta=0.05",
+     "model.num_layers=2", "model.dropout=0.2", "model.init=torch"],
     # segment lengths drawn from the training RNG, their statistics and the variance draws
     ["method=artbp", "method.artbp_schedule=poly", "model.num_layers=2", "model.dropout=0.2"],
 ], ids=["fixed", "adaptive", "artbp"])
@@ -76,9 +76,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     ref_dir, dir_ = tmp_path / "reference", tmp_path / "killed"
     args = [*TINY, *method]
     reference = subprocess.Popen(cli([*args, f"hydra.run.dir={ref_dir}"]), cwd=tmp_path,
-                                 env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                 env=env(tmp_path), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
     victim = subprocess.Popen(cli([*args, f"hydra.run.dir={dir_}"]), cwd=tmp_path,
-                              env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while data_rows(dir_) < 2 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -94,7 +96,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, method):
     resumed = run([*args, f"hydra.run.dir={dir_}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     if info["git_commit"] != "unknown":
-        warnings = [l for l in resumed.stderr.splitlines() if "was started by commit ffffffffff" in l]
+        warnings = [l for l in resumed.stderr.splitlines()
+                    if "was started by commit ffffffffff" in l]
         assert len(warnings) == 1 and status(dir_)["resumed_by_commits"] == [info["git_commit"]]
     assert rows(dir_) == rows(ref_dir)  # bit-identical values, no row lost or repeated
     assert [r["eval"] for r in rows(dir_)] == [str(i) for i in range(9)]
@@ -135,7 +138,8 @@ def test_two_runs_on_one_directory_only_one_trains(tmp_path):
     winner = next(p for p in procs if p is not loser)
     lines = loser.stderr.read().strip().splitlines()
     assert loser.returncode == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(f"atbptt-run: error: {run_dir} is in use by another run (pid {winner.pid} on ")
+    assert lines[0].startswith(
+        f"atbptt-run: error: {run_dir} is in use by another run (pid {winner.pid} on ")
     assert winner.poll() is None, "the winner ended before the loser was refused"
     winner.send_signal(signal.SIGKILL)
     winner.wait()
@@ -158,8 +162,8 @@ time.sleep(300)
 def test_each_sweep_job_locks_its_own_directory(tmp_path):
     """Job 0's directory is held by another process: that job is refused, job 1 runs."""
     sweep = tmp_path / "sweep"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(sweep / "0")], stdout=subprocess.PIPE,
-                              text=True, env=env(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(sweep / "0")],
+                              stdout=subprocess.PIPE, text=True, env=env(tmp_path))
     try:
         assert holder.stdout.readline().strip() == "locked"
         result = run(["-m", *[a for a in TINY if not a.startswith("K=")], "K=5,6", "epochs=0.25",
@@ -255,7 +259,8 @@ def test_divergence_stops_jobs_cleanly_and_the_sweep_goes_on(tmp_path):
 @pytest.mark.slow
 def test_joblib_and_submitit_local_sweeps(tmp_path):
     """Two 2-job sweeps in the same folder, at the default (timestamped) sweep dir."""
-    launchers = (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"])
+    launchers = (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                 ["hydra/launcher=submitit_local"])
     for launcher in launchers:
         result = run(["-m", *TINY, "epochs=0.5", "seed=0,1", *launcher], tmp_path)
         assert result.returncode == 0, result.stderr
@@ -298,7 +303,8 @@ def _bad_inputs():
         ("launcher-key-of-another-launcher", ["-m", "K=3,5", "hydra.launcher.n_jobs=2"],
          "hydra.launcher.n_jobs"),
         ("unwritable-output-dir", ["hydra.run.dir={tmp}/a_file/run"], "output directory"),
-        ("unwritable-sweep-dir", ["-m", "K=3,5", "hydra.sweep.dir={tmp}/a_file/sweep"], "output directory"),
+        ("unwritable-sweep-dir", ["-m", "K=3,5", "hydra.sweep.dir={tmp}/a_file/sweep"],
+         "output directory"),
         # impossible across keys, refused before Hydra starts (more in tests/test_limits.py)
         ("negative-seed", ["seed=-1"], "seed=-1"),
         ("step-size-overflows", ["optim.lr_power=1000"], "optim.lr_power"),
@@ -307,19 +313,22 @@ def _bad_inputs():
         ("jobs-sharing-a-directory", ["-m", "progress=true,false"], "would share the directory"),
         ("absurd-depth", ["model.num_layers=100000"], "model.num_layers"),
         # more memory than the run may hold: refused in the job, before anything is written
-        ("training-graph-beyond-memory", ["dataset=linear", "K=1000000", "dataset.train_length=2000000",
-                                          "max_memory=1"], "training graph of 1999999 steps"),
+        ("training-graph-beyond-memory", ["dataset=linear", "K=1000000",
+                                          "dataset.train_length=2000000", "max_memory=1"],
+         "training graph of 1999999 steps"),
         ("estimator-windows-beyond-memory", ["method=adaptive", "method.num_windows=100000000"],
          "method.num_windows"),
         # impossible once the data is known: refused before anything is written
-        ("tied-weights-on-vectors", ["dataset=linear", "model.tie_weights=true"], "model.tie_weights"),
+        ("tied-weights-on-vectors", ["dataset=linear", "model.tie_weights=true"],
+         "model.tie_weights"),
         ("estimator-window-longer-than-data", ["dataset.train_length=24"], "method.window"),
         # from the verified files' token counts (corpus.TOKENS), before any file is read: the
         # empty data_dir shows that the corpus need not be present
         ("eval-streams-of-one-token", [*ptb, "dataset.data_dir={tmp}/empty",
                                        "dataset.eval_batch_size=40000"], "dataset.eval_batch_size"),
         ("more-eval-streams-than-tokens", [*ptb, "dataset.data_dir={tmp}/empty",
-                                           "dataset.eval_batch_size=80000"], "dataset.eval_batch_size"),
+                                           "dataset.eval_batch_size=80000"],
+         "dataset.eval_batch_size"),
     ]
     if not torch.cuda.is_available():
         cases.append(("cuda-without-gpu", ["device=cuda"], "device=cuda"))
@@ -343,7 +352,8 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, argv, key):
     result = run([*TINY, *argv, *outputs], tmp_path, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2
-    assert len(lines) == 1 and lines[0].startswith("atbptt-run: error:") and key in lines[0], result.stderr
+    assert (len(lines) == 1 and lines[0].startswith("atbptt-run: error:")
+            and key in lines[0]), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert time.monotonic() - started < 60
     assert sorted(p.name for p in REPO.iterdir()) == before_repo  # nothing written outside tmp_path
@@ -352,5 +362,5 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, argv, key):
         assert not (tmp_path / "cache").exists()
     if not (tmp_path / "run").exists():  # refused before Hydra started: nothing written at all
         assert after == before
-    else:  # refused once the data was known: the run dir Hydra made stays empty (no .hydra/, no log)
+    else:  # refused once the data was known: Hydra's run dir stays empty (no .hydra/, no log)
         assert list((tmp_path / "run").iterdir()) == []

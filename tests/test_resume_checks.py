@@ -83,7 +83,8 @@ def test_a_damaged_run_json_is_written_again_from_the_checkpoint(made, tmp_path,
     text = info.read_text()
     {"cut in half": lambda: info.write_text(text[:len(text) // 2]), "removed": info.unlink,
      "not an object": lambda: info.write_text("[1, 2]"),
-     "no status": lambda: info.write_text(json.dumps({**json.loads(text), "status": None}))}[damage]()
+     "no status": lambda: info.write_text(json.dumps({**json.loads(text), "status": None}))
+     }[damage]()
     assert run_training(tiny_config(), run_dir) == "finished"
     warnings = [l for l in capsys.readouterr().err.splitlines() if "run.json" in l]
     assert len(warnings) == 1 and "written again" in warnings[0]
@@ -102,7 +103,8 @@ def test_without_run_json_and_checkpoint_the_rows_are_not_overwritten(made, tmp_
     run_dir = copy_of(made, tmp_path)
     (run_dir / "run.json").unlink()
     (run_dir / CHECKPOINT).unlink()
-    refused(tiny_config(), run_dir, "run.json is absent", "metrics.csv holds 3 rows", "restore run.json")
+    refused(tiny_config(), run_dir, "run.json is absent", "metrics.csv holds 3 rows",
+            "restore run.json")
 
 
 def test_a_checkpoint_of_another_run_than_run_json_is_refused(made, tmp_path):
@@ -161,7 +163,8 @@ DAMAGES = st.sampled_from(["delete", "duplicate", "cut", "blank", "junk", "swap"
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(DAMAGES, st.integers(0, 6), st.integers(0, 400)), min_size=1, max_size=3))
+@given(edits=st.lists(st.tuples(DAMAGES, st.integers(0, 6), st.integers(0, 400)),
+                     min_size=1, max_size=3))
 def test_any_damage_to_metrics_csv_is_refused_or_lossless(made, tmp_path_factory, edits):
     """Random line edits of metrics.csv: the check either refuses in one line (nothing
     changed) or the rows a resume keeps are exactly the checkpoint's, byte for byte."""

@@ -50,7 +50,8 @@ def test_a_second_holder_is_refused_naming_the_first_and_changing_nothing(tmp_pa
 
 def test_the_lock_dies_with_its_process_even_by_sigkill(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirError, match=f"pid {holder.pid} on"):
@@ -114,7 +115,8 @@ def test_removing_run_lock_does_not_release_the_lock(tmp_path):
     """The directory itself is locked: with run.lock deleted, a second process is still
     refused, and the holder writes run.lock again at its next check."""
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         (run_dir / LOCK_FILE).unlink()
@@ -143,7 +145,8 @@ def test_a_removed_or_replaced_directory_stops_its_holder(tmp_path, how):
         shutil.rmtree(run_dir)
         if how == "replaced":  # e.g. rm -rf, then a second run made it again and locked it
             with RunDirLock(run_dir):
-                with pytest.raises(RunDirGone, match=f"{run_dir} was replaced by another directory"):
+                with pytest.raises(RunDirGone,
+                                   match=f"{run_dir} was replaced by another directory"):
                     lock.verify()
         else:
             with pytest.raises(RunDirGone, match=f"{run_dir} was removed while this run"):
@@ -169,7 +172,8 @@ def test_temporary_files_carry_the_process_id_and_a_failed_write_leaves_none(tmp
 GOOD = {"config": {"K": 5}, "model": {"w": torch.ones(2)}, "optimizer": {"state": {}},
         "progress": {"K": 5, "evals": 2}, "walker": (3, 2, torch.zeros(1, 2, 4)),
         "rng": torch.get_rng_state(), "cuda_rng": None}
-JUNK = [None, 0, -1, "x", [], {}, (1, 2), 1.5, True, torch.zeros(3), torch.zeros(2, dtype=torch.uint8)]
+JUNK = [None, 0, -1, "x", [], {}, (1, 2), 1.5, True, torch.zeros(3),
+        torch.zeros(2, dtype=torch.uint8)]
 
 
 @settings(max_examples=80, deadline=None, derandomize=True, database=None,

@@ -33,7 +33,8 @@ def _why_not() -> str | None:
     missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch")
                if shutil.which(c, path=SBIN) is None]
     if missing:
-        return f"SLURM not installed ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge"
+        return (f"SLURM not installed ({', '.join(missing)} missing): "
+                "apt-get install -y slurm-wlm munge")
     if os.geteuid() != 0:
         return "the local SLURM runs its daemons as root; these tests need root to start it"
     return None
@@ -90,7 +91,8 @@ def _run_dirs(sweep_dir: Path) -> list:
 
 def _jobs(sweep_dir: Path) -> list:
     """SLURM job ids of a sweep: submitit's folders ``<job>`` or ``<array job>_<task>``."""
-    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)]
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir()
+             if re.fullmatch(r"\d+(_\d+)?", p.name)]
     return sorted(n for n in names if "_" in n) or sorted(names)
 
 
@@ -245,7 +247,8 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path, reference, la
     _assert_resumed(run, before, reference, sweep)
 
 
-def test_cancelled_job_resubmitted_by_the_same_command_resumes(slurm, tmp_path, reference, launched):
+def test_cancelled_job_resubmitted_by_the_same_command_resumes(slurm, tmp_path, reference,
+                                                               launched):
     sweep = tmp_path / "sweep"
     proc, cmd, run, job, before = _launch_and_wait_for_checkpoint(slurm, sweep, launched)
     subprocess.run(["scancel", job], env=slurm, check=True)

@@ -73,7 +73,8 @@ def reference(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------- signals
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_a_signal_ends_the_run_in_one_line_as_interrupted_and_it_resumes(tmp_path, reference, signum):
+def test_a_signal_ends_the_run_in_one_line_as_interrupted_and_it_resumes(tmp_path, reference,
+                                                                         signum):
     run_dir = tmp_path / "run"
     victim = cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
     deadline = time.monotonic() + 240

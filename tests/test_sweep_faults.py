@@ -66,7 +66,8 @@ def status(run_dir: Path) -> str:
 
 
 def evals(run_dir: Path) -> list:
-    return [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    return [int(line.split(",")[0])
+            for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
 
 
 @pytest.mark.slow

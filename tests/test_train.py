@@ -53,7 +53,8 @@ def test_a_nonfinite_evaluation_loss_marks_the_run_diverged(tmp_path, monkeypatc
     assert [r["eval"] for r in table] == ["0", "1", "2"]
     assert table[-1][f"{split}_ppl"] == "nan" and table[-1][f"{split}_loss"] == str(value)
     assert record["status"] == "diverged"
-    assert record["message"] == f"diverged at epoch 1.000: {split} loss became {value} at evaluation 2"
+    assert record["message"] == (f"diverged at epoch 1.000: {split} loss became {value} "
+                                 f"at evaluation 2")
 
 
 def test_perplexity_of_a_nonfinite_loss_is_nan():
@@ -95,7 +96,8 @@ def test_a_checkpoint_written_on_cuda_resumes_on_the_cpu(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong shapes"])
-def test_an_unusable_checkpoint_refuses_the_resume_and_touches_nothing(tmp_path, monkeypatch, damage):
+def test_an_unusable_checkpoint_refuses_the_resume_and_touches_nothing(tmp_path, monkeypatch,
+                                                                       damage):
     run_dir = tmp_path / "run"
     run_interrupted(tiny_config(), run_dir, 2, monkeypatch)
     if damage == "truncated":

@@ -34,7 +34,8 @@ class WordLM(nn.Module):
     def init_hidden(self, batch_size: int):
         weight = next(self.parameters())
         h = weight.new_zeros(self.layers, batch_size, self.hidden)
-        return (h, weight.new_zeros(self.layers, batch_size, self.hidden)) if self.rnn_type == "LSTM" else h
+        return ((h, weight.new_zeros(self.layers, batch_size, self.hidden))
+                if self.rnn_type == "LSTM" else h)
 
 
 class WordLMRecurDecode(WordLM):

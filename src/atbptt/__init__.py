@@ -5,8 +5,8 @@ CPU tensors of 2 MiB and more (``THP_MEM_ALLOC_ENABLE``, read once when torch al
 Training allocates and frees tensors of tens of MiB every chunk (the logits of a 10k-word
 vocabulary); with 4 KiB pages each one costs thousands of page faults. On our CPU VM a lean
 overlap step (LSTM 1x200, 10k words, K=35, batch 32) took 1.96 s per 6 chunks without and
-1.67-1.95 s with it (best of 3, three processes each). Set ``THP_MEM_ALLOC_ENABLE=0`` to turn it off;
-it has no effect if torch was imported first.
+1.67-1.95 s with it (best of 3, three processes each). Set ``THP_MEM_ALLOC_ENABLE=0`` to turn it
+off; it has no effect if torch was imported first.
 """
 import os as _os
 import sys as _sys

@@ -36,8 +36,8 @@ How this code runs it (on the streams of ``atbptt.tbptt``):
   draw points; K is the mean segment length in steps):
   ``constant``: ``c_n = 1 / m``, geometric lengths, compensation growing like ``(1 - c)^-n``;
   ``poly``: ``c_n = (alpha - 1) / ((alpha - 2) m + n)`` (a length-dependent choice with
-  a heavier tail than the geometric), mean exactly m (derived and tested here), tail ``P(N > n) ~ n^-(alpha-1)``, compensation growing only
-  polynomially.
+  a heavier tail than the geometric), mean exactly m (derived and tested here), tail
+  ``P(N > n) ~ n^-(alpha-1)``, compensation growing only polynomially.
 - **Loss and step.** The segment's loss is the sum over its L steps of the per-step loss
   (mean over streams) divided by K, i.e. the chunk's mean loss times ``L / K``: every step
   keeps the fixed weight ``1 / K`` whatever the draws, which unbiasedness needs (dividing by the
@@ -284,7 +284,8 @@ def window_gradient(model: RNNModel, inputs: Tensor, targets: Tensor, state: Sta
             if start > 0:
                 state = model.recur(inputs[:start], state)[1]
         with torch.enable_grad():
-            hidden, _ = run_segment(model, model.embed(inputs[start:]), detach_state(state), schedule)
+            hidden, _ = run_segment(model, model.embed(inputs[start:]), detach_state(state),
+                                    schedule)
             loss = loss_fn(model.decode(hidden[-1]), targets[-1]).sum()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)

@@ -46,7 +46,8 @@ class Style(Enum):
 
 
 class TruncationSchedule(Enum):
-    """ARTBP's truncation probabilities c_n at the n-th draw point after a cut (src/atbptt/artbp.py)."""
+    """ARTBP's truncation probabilities c_n at the n-th draw point after a cut
+    (src/atbptt/artbp.py)."""
 
     constant = "constant"  # c_n = 1/m, m = K / stride: geometric lengths with mean K
     poly = "poly"  # c_n = (alpha - 1) / ((alpha - 2) m + n): polynomial tail, mean K
@@ -56,13 +57,15 @@ class Init(Enum):
     """Initial weights (NOTES §4, Initialization)."""
 
     paper = "paper"  # every matrix uniform in ±sqrt(3 / max(rows, cols)), every vector zero
-    torch = "torch"  # PyTorch's defaults (nn.Embedding N(0, 1), nn.LSTM/Linear uniform ±1/sqrt(fan))
+    # PyTorch's defaults (nn.Embedding N(0, 1), nn.LSTM/Linear uniform ±1/sqrt(fan))
+    torch = "torch"
 
 
 class GradNormBound(Enum):
     """Stand-in for ‖E ĝ_K‖/M in the lower bound ℓ on ‖g‖ (NOTES §3 step 2)."""
 
-    grad = "grad"  # G_k = ‖mean over windows of Σ_{j≤k} ∂L/∂h at lag j‖ (the theory's; synthetic runs)
+    # G_k = ‖mean over windows of Σ_{j≤k} ∂L/∂h at lag j‖ (the theory's; synthetic runs)
+    grad = "grad"
     norm_sum = "norm_sum"  # G_k = Σ_{j≤k} φ̂_j, cumulative sum of mean norms (the paper's LM runs)
 
 
@@ -70,7 +73,8 @@ class Lag0(str, Enum):
     """Which state the gradient-norm profile calls lag 0 (NOTES §3 step 2, lag convention)."""
 
     state_after_step = "state_after_step"  # s_W, returned by the last step: the paper's formulas
-    state_entering_step = "state_entering_step"  # s_{W-1}, entering the last step: the authors' code
+    # s_{W-1}, entering the last step: the authors' code
+    state_entering_step = "state_entering_step"
 
 
 class Average(Enum):
@@ -84,7 +88,8 @@ class LogFrom(Enum):
     """Where an adaptive run's logged β̂, δ̂(K) and K̂(δ) come from (fixed K: always fresh)."""
 
     chosen = "chosen"  # the estimate that chose the K in use
-    fresh = "fresh"  # method.log_estimates fresh estimates at each evaluation, averaged (the authors')
+    # method.log_estimates fresh estimates at each evaluation, averaged (the authors')
+    fresh = "fresh"
 
 
 class BetaMethod(Enum):
@@ -140,7 +145,8 @@ class DatasetConfig:
                     "input_dim", "state_dim", "output_dim", "dim", "order"):
             value = getattr(self, key)
             _check(value >= 1, f"dataset.{key}", "an integer >= 1", value)
-        _check(2 <= self.m_min <= self.m_max, "dataset.m_min", "between 2 and dataset.m_max", self.m_min)
+        _check(2 <= self.m_min <= self.m_max, "dataset.m_min", "between 2 and dataset.m_max",
+               self.m_min)
         _check(self.num_symbols >= 3, "dataset.num_symbols", "an integer >= 3", self.num_symbols)
         _check(0 < self.rho < 1, "dataset.rho", "in (0, 1)", self.rho)
         _check(self.noise_std >= 0, "dataset.noise_std", ">= 0", self.noise_std)
@@ -162,7 +168,8 @@ class ModelConfig:
             _check(value >= 1, f"model.{key}", "an integer >= 1", value)
         _check(0 <= self.dropout < 1, "model.dropout", "in [0, 1)", self.dropout)
         if self.tie_weights and self.embedding_size != self.hidden_size:
-            raise ConfigError("model.tie_weights=true needs model.embedding_size == model.hidden_size")
+            raise ConfigError(
+                "model.tie_weights=true needs model.embedding_size == model.hidden_size")
 
 
 @dataclass
@@ -191,7 +198,8 @@ class MethodConfig:
     # entering it (the authors' code; K̂ larger on PTB, see docs/method.md, "Lag convention")
     lag0: Lag0 = Lag0.state_after_step
     log_estimates: int = 1  # fresh estimates averaged per evaluation for the logs (0: skip)
-    log_from: LogFrom = LogFrom.chosen  # adaptive runs: log the estimate that chose K, or fresh ones
+    # adaptive runs: log the estimate that chose K, or fresh ones
+    log_from: LogFrom = LogFrom.chosen
     audit: bool = False  # also log the true relative bias of TBPTT(K) on the windows
     # stand-in for ‖E ĝ_K‖ in δ̂(K) (both are logged; this one sets K): dataset files choose the
     # paper's (grad for synthetic tasks, norm_sum for PTB / WikiText-2)
@@ -217,14 +225,16 @@ class MethodConfig:
         for key in ("window", "num_windows", "k_min", "k_max", "reestimate_every", "num_estimates"):
             value = getattr(self, key)
             _check(value >= 1, f"method.{key}", "an integer >= 1", value)
-        _check(self.reestimate_steps is None or self.reestimate_steps >= 1, "method.reestimate_steps",
-               "an integer >= 1 or null", self.reestimate_steps)
+        _check(self.reestimate_steps is None or self.reestimate_steps >= 1,
+               "method.reestimate_steps", "an integer >= 1 or null", self.reestimate_steps)
         _check(self.reestimate_seconds is None or (self.reestimate_seconds > 0 and
                math.isfinite(self.reestimate_seconds)), "method.reestimate_seconds",
                "a number > 0 or null", self.reestimate_seconds)
         _check(self.burn_in >= 0, "method.burn_in", "an integer >= 0", self.burn_in)
-        _check(self.log_estimates >= 0, "method.log_estimates", "an integer >= 0", self.log_estimates)
-        _check(self.k_min <= self.k_max, "method.k_min", f"<= method.k_max ({self.k_max})", self.k_min)
+        _check(self.log_estimates >= 0, "method.log_estimates", "an integer >= 0",
+               self.log_estimates)
+        _check(self.k_min <= self.k_max, "method.k_min", f"<= method.k_max ({self.k_max})",
+               self.k_min)
         if self.name == MethodName.adaptive:
             _check(self.window >= self.k_max, "method.window",
                    f">= method.k_max ({self.k_max}) for method=adaptive", self.window)
@@ -241,7 +251,8 @@ class MethodConfig:
                "method.artbp_max_length", "an integer >= 1 or null", self.artbp_max_length)
         if self.name == MethodName.artbp:
             _check(self.style == Style.chunk, "method.style",
-                   "chunk for method=artbp (method.name=artbp: its segments start at its truncation points)",
+                   "chunk for method=artbp "
+                   "(method.name=artbp: its segments start at its truncation points)",
                    self.style.value)
 
 
@@ -280,7 +291,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     cuda: CudaConfig = field(default_factory=CudaConfig)
     experiment: str = "default"  # label used by aggregation
-    K: int = 15  # truncation (fixed), starting truncation (adaptive) or mean truncation length (artbp)
+    # truncation (fixed), starting truncation (adaptive) or mean truncation length (artbp)
+    K: int = 15
     delta: float = 0.5  # tolerated relative gradient bias (adaptive)
     seed: int = 0  # initial weights and training randomness
     epochs: float = 20.0  # fractions allowed
@@ -299,9 +311,11 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.K >= 1, "K", "an integer >= 1", self.K)
         _check(0 < self.delta <= 1, "delta", "in (0, 1]", self.delta)
-        _check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", "a number > 0", self.epochs)
+        _check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", "a number > 0",
+               self.epochs)
         _check(self.max_time is None or self.max_time > 0, "max_time", "> 0 or null", self.max_time)
-        _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1", self.evals_per_epoch)
+        _check(self.evals_per_epoch >= 1, "evals_per_epoch", "an integer >= 1",
+               self.evals_per_epoch)
         _check(self.threads >= 1, "threads", "an integer >= 1", self.threads)
         _check(self.max_memory is None or self.max_memory > 0, "max_memory",
                "a number of GiB > 0 or null", self.max_memory)

@@ -104,8 +104,8 @@ class AdaptiveTruncation:
                  batch_estimates: bool = False):
         self.model, self.inputs, self.targets, self.loss_fn = model, inputs, targets, loss_fn
         _require_numbers(delta, window=window, num_windows=num_windows, num_estimates=num_estimates,
-                         k_min=k_min, k_max=k_max, burn_in=burn_in, reestimate_every=reestimate_every,
-                         K0=K0)
+                         k_min=k_min, k_max=k_max, burn_in=burn_in,
+                         reestimate_every=reestimate_every, K0=K0)
         adaptive.check_layout(model, inputs, targets)  # before inputs.shape is read
         self.delta, self.window = float(delta), int(window)
         self.burn_in = self.window // 10 if burn_in is None else int(burn_in)
@@ -219,7 +219,8 @@ class AdaptiveTruncation:
         """Resume from ``state_dict()``: the next estimates equal an uninterrupted run's."""
         self.K, self.since_estimate = int(state["K"]), int(state["since_estimate"])
         self.seconds_since = float(state.get("seconds_since", 0.0))
-        self.seconds, self.num_estimates_done = float(state["seconds"]), int(state["num_estimates_done"])
+        self.seconds = float(state["seconds"])
+        self.num_estimates_done = int(state["num_estimates_done"])
         self.generator.set_state(state["generator"])
         self._last_call = None
 
@@ -227,6 +228,7 @@ class AdaptiveTruncation:
         est = self.estimate
         if est is None:
             return f"AdaptiveTruncation(K={self.K}, delta={self.delta}, no estimate yet)"
-        return (f"AdaptiveTruncation(K={self.K}, delta={self.delta}, delta_hat={self.delta_hat:.4g}, "
-                f"K_hat={self.K_hat}, beta_hat={est.beta_hat:.4f}, lag0={est.lag0.value}, "
+        return (f"AdaptiveTruncation(K={self.K}, delta={self.delta}, "
+                f"delta_hat={self.delta_hat:.4g}, K_hat={self.K_hat}, "
+                f"beta_hat={est.beta_hat:.4f}, lag0={est.lag0.value}, "
                 f"estimates={self.num_estimates_done}, seconds={self.seconds:.2f})")

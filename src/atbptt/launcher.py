@@ -103,7 +103,8 @@ class RetryingLaunch(_Base):
         self._signum: Optional[int] = None
         self._parallel = None
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra_plugins.hydra_joblib_launcher import _core
         from joblib import Parallel, delayed
         from joblib.externals.loky.process_executor import TerminatedWorkerError
@@ -127,7 +128,8 @@ class RetryingLaunch(_Base):
                 try:
                     for idx, ret in self._parallel(
                             delayed(_job)(idx, initial_job_idx + idx, job_overrides[idx],
-                                          self.hydra_context, self.config, self.task_function, state)
+                                          self.hydra_context, self.config, self.task_function,
+                                          state)
                             for idx in pending):
                         results[idx] = ret
                 except TerminatedWorkerError as err:

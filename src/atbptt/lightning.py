@@ -17,7 +17,8 @@ truncation back, with manual optimization (``pip install 'atbptt[lightning]'``):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=1.0)
 
-    trainer.fit(WordLM(), stream_loader(train_x, train_y, 200), stream_loader(valid_x, valid_y, 200))
+    trainer.fit(WordLM(), stream_loader(train_x, train_y, 200),
+                stream_loader(valid_x, valid_y, 200))
 
 **Data**: batches are consecutive time segments ``(x [L, B, ...], y [L, B, ...])`` of B
 parallel streams, in order (``stream_loader``); the state is reset at each epoch start.
@@ -160,7 +161,8 @@ class TBPTTMixin:
         K0 = int(state["K"]) if state else tr.K0  # resuming: no estimate at construction
         ctl = AdaptiveTruncation(
             self.tbptt_model(), inputs, targets, self.window_loss, delta=tr.delta, K0=K0,
-            window=tr.window, burn_in=tr.burn_in, num_windows=tr.num_windows, k_min=tr.k_min, k_max=tr.k_max,
+            window=tr.window, burn_in=tr.burn_in, num_windows=tr.num_windows, k_min=tr.k_min,
+            k_max=tr.k_max,
             reestimate_every=tr.reestimate_every, grad_norm_bound=tr.grad_norm_bound,
             device=self.device, seed=tr.seed, **dict(tr.options))
         if state:
@@ -237,13 +239,15 @@ class TBPTTMixin:
         opt.zero_grad()
         self.manual_backward(loss)
         if self.tbptt_clip is not None:
-            self.clip_gradients(opt, gradient_clip_val=self.tbptt_clip, gradient_clip_algorithm="norm")
+            self.clip_gradients(opt, gradient_clip_val=self.tbptt_clip,
+                                gradient_clip_algorithm="norm")
         opt.step()
         self.tbptt_history.append((self.global_step, K if self._tbptt_schedule is None else done))
         self._tbptt_state = detach_state(self._tbptt_state)
         self._tbptt_pieces, self._tbptt_done, self._tbptt_length = [], 0, 0
         if batch_size is not None:  # inside training_step: log
-            self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+            self.log("train_loss", loss.detach(), on_step=True, on_epoch=True,
+                     batch_size=batch_size)
             self.log("tbptt/K", float(K), on_step=True, on_epoch=False, batch_size=batch_size)
         ctl = self.tbptt_controller
         if ctl is not None and ctl.step(done):

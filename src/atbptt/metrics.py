@@ -70,7 +70,8 @@ class MetricsWriter:
         try:
             text = self.path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise MetricsDamage(f"is missing, and the checkpoint follows {rows} of its rows") from None
+            raise MetricsDamage(
+                f"is missing, and the checkpoint follows {rows} of its rows") from None
         except OSError as err:  # a directory in its place, no permission
             raise MetricsDamage(f"cannot be read ({err.strerror or err})") from None
         except UnicodeDecodeError as err:
@@ -140,7 +141,8 @@ def write_profile(path: Path, phi: np.ndarray, cum: np.ndarray, tail: np.ndarray
     except OSError as err:
         raise FileWriteError(path.parent, err) from None
     lines = ["lag,phi,cum,tail,beta_hat,tau"]
-    lines += [f"{k},{_fmt(float(p))},{_fmt(float(c))},{_fmt(float(t))},{_fmt(float(beta_hat))},{tau}"
+    lines += [f"{k},{_fmt(float(p))},{_fmt(float(c))},{_fmt(float(t))},"
+              f"{_fmt(float(beta_hat))},{tau}"
               for k, (p, c, t) in enumerate(zip(phi, cum, tail))]
     atomic_write(path, "\n".join(lines) + "\n")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import yaml
 from omegaconf import OmegaConf
@@ -166,7 +166,8 @@ def _check_metrics(run_dir: Path, progress: dict) -> List[str]:
         if kept and column in progress and kept[-1][COLUMNS.index(column)] != str(progress[column]):
             raise RunDirError(_metrics_refusal(
                 path, f"row {evals - 1} has {column}={kept[-1][COLUMNS.index(column)]} and the "
-                      f"checkpoint {column}={progress[column]} (they are of different runs or times)"))
+                      f"checkpoint {column}={progress[column]} "
+                      f"(they are of different runs or times)"))
     if evals and b"\n\n" in path.read_bytes().replace(b"\r\n", b"\n").split(b"\n", 1)[-1]:
         return [f"{path} has blank lines; they are dropped (they hold no rows)"]
     return []

@@ -207,15 +207,17 @@ def _type_problem(payload: dict) -> Optional[str]:
     checks = (
         ("config", isinstance(payload["config"], dict), "a dict"),
         ("model", isinstance(payload["model"], dict)
-         and all(isinstance(v, torch.Tensor) for v in payload["model"].values()), "tensors by name"),
+         and all(isinstance(v, torch.Tensor) for v in payload["model"].values()),
+         "tensors by name"),
         ("optimizer", isinstance(payload["optimizer"], dict), "a dict"),
         ("progress", isinstance(payload["progress"], dict)
          and _count(payload["progress"].get("evals", 0)), "a dict with a count 'evals'"),
         ("walker", isinstance(payload["walker"], (tuple, list)) and len(payload["walker"]) == 3,
          "(position, anchor, state)"),
         ("rng", is_bytes_state(payload["rng"]), "a uint8 tensor (torch.get_rng_state())"),
-        ("cuda_rng", payload["cuda_rng"] is None or (isinstance(payload["cuda_rng"], (list, tuple))
-                                                     and all(map(is_bytes_state, payload["cuda_rng"]))),
+        ("cuda_rng", payload["cuda_rng"] is None
+         or (isinstance(payload["cuda_rng"], (list, tuple))
+             and all(map(is_bytes_state, payload["cuda_rng"]))),
          "None or uint8 tensors"),
     )
     for key, ok, expected in checks:
@@ -230,7 +232,8 @@ def _count(value) -> bool:
 
 def bad_checkpoint(path: Path, err: BaseException) -> RunDirError:
     """The error for a checkpoint whose contents do not fit the run (shapes, keys, types)."""
-    return RunDirError(_cannot_resume(path, f"does not fit this run ({type(err).__name__}: {_first_line(err)})"))
+    return RunDirError(_cannot_resume(
+        path, f"does not fit this run ({type(err).__name__}: {_first_line(err)})"))
 
 
 def _cannot_resume(path: Path, what: str) -> str:

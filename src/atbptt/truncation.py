@@ -69,4 +69,5 @@ class ARTBP:
         except ValueError:
             raise ValueError(f"schedule={self.schedule!r} is not allowed; allowed: "
                              f"{', '.join(s.value for s in TruncationSchedule)}") from None
-        return artbp.Schedule(float(self.mean_length), kind, self.alpha, self.stride, self.max_length)
+        return artbp.Schedule(float(self.mean_length), kind, self.alpha, self.stride,
+                              self.max_length)
