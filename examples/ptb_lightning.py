@@ -31,8 +31,7 @@ except ImportError as err:  # the extra is missing: one line, no traceback
     sys.exit(2)
 
 from atbptt.config import Cell
-from atbptt.corpus import DataError, load_corpus, resolve_data_dir
-from atbptt.data import lm_split
+from atbptt.data import DataError, lm_split, load_corpus, resolve_data_dir
 from atbptt.models import ModelSpec, RNNModel
 from atbptt.tbptt import cross_entropy
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atbptt import corpus as corpus_module
-from atbptt.corpus import DataError, batchify, load_corpus, resolve_data_dir
+from atbptt.data import DataError, batchify, load_corpus, resolve_data_dir
+from atbptt.data import corpus as corpus_module
+from atbptt.data import download
 
 DATA = Path(os.environ.get("ATBPTT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PTB_FILES = ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"]
@@ -42,7 +43,8 @@ def ptb(cache_dir):
 @pytest.fixture(scope="session")
 def wikitext2(cache_dir):
     if not all((DATA / "wikitext-2" / f).is_file() for f in WIKI_FILES):
-        pytest.skip(f"verified WikiText-2 copies not found in {DATA / 'wikitext-2'} (set ATBPTT_DATA)")
+        pytest.skip(f"verified WikiText-2 copies not found in {DATA / 'wikitext-2'} "
+                    "(set ATBPTT_DATA)")
     return load_corpus("wikitext2", DATA, cache_dir, download=False, progress=False)
 
 
@@ -116,7 +118,7 @@ def test_missing_files_without_download(tmp_path):
 
 
 def test_missing_files_download_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setitem(corpus_module.DOWNLOAD_URLS, "ptb", [UNREACHABLE])
+    monkeypatch.setitem(download.DOWNLOAD_URLS, "ptb", [UNREACHABLE])
     with pytest.raises(DataError) as err:
         load_corpus("ptb", tmp_path / "data", tmp_path / "cache", download=True, progress=False)
     _assert_missing_message(err.value, tmp_path / "data" / "ptb")
@@ -125,7 +127,7 @@ def test_missing_files_download_fails_fast(tmp_path, monkeypatch):
 
 
 def test_unwritable_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setitem(corpus_module.DOWNLOAD_URLS, "ptb", [UNREACHABLE])
+    monkeypatch.setitem(download.DOWNLOAD_URLS, "ptb", [UNREACHABLE])
     blocker = tmp_path / "a-file"  # a folder cannot be created under a file, even by root
     blocker.write_text("")
     with pytest.raises(DataError) as err:
@@ -145,9 +147,9 @@ def test_corrupt_file_fails_checksum(tmp_path):
     with pytest.raises(DataError) as err:
         load_corpus("ptb", tmp_path, tmp_path / "cache", download=False)
     message = str(err.value)
-    spec = corpus_module.CORPORA["ptb"].files["valid"]
+    spec = download.CORPORA["ptb"].files["valid"]
     assert str(target) in message and spec.sha256 in message and "delete" in message
-    assert corpus_module._hashes(target)[1] in message
+    assert download.file_hashes(target)[1] in message
     assert "\n" not in message
 
 
@@ -192,7 +194,7 @@ def test_download_tgz_end_to_end(ptb, tmp_path, monkeypatch, capsys):
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for name in PTB_FILES:
             tar.add(DATA / "ptb" / name, arcname=f"simple-examples/data/{name}")
-    monkeypatch.setitem(corpus_module.DOWNLOAD_URLS, "ptb", [UNREACHABLE, archive.as_uri()])
+    monkeypatch.setitem(download.DOWNLOAD_URLS, "ptb", [UNREACHABLE, archive.as_uri()])
     monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # the plain stderr progress
     data = tmp_path / "data"
     corpus = load_corpus("ptb", data, tmp_path / "cache", download=True, progress=True)
@@ -207,10 +209,11 @@ def test_download_zip_end_to_end(wikitext2, tmp_path, monkeypatch, cache_dir):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         for name in WIKI_FILES:
             zf.write(DATA / "wikitext-2" / name, arcname=f"wikitext-2/{name}")
-    monkeypatch.setitem(corpus_module.DOWNLOAD_URLS, "wikitext2", [archive.as_uri()])
+    monkeypatch.setitem(download.DOWNLOAD_URLS, "wikitext2", [archive.as_uri()])
     data = tmp_path / "data"
     (data / "wikitext-2").mkdir(parents=True)
-    shutil.copyfile(DATA / "wikitext-2" / "wiki.train.tokens", data / "wikitext-2" / "wiki.train.tokens")
+    shutil.copyfile(DATA / "wikitext-2" / "wiki.train.tokens",
+                    data / "wikitext-2" / "wiki.train.tokens")
     corpus = load_corpus("wikitext2", data, cache_dir, download=True, progress=False)  # cached
     _assert_same(corpus, wikitext2)
     assert sorted(p.name for p in (data / "wikitext-2").iterdir()) == sorted(WIKI_FILES)
@@ -224,7 +227,7 @@ def test_download_with_wrong_content_is_rejected(tmp_path, monkeypatch):
             info = tarfile.TarInfo(f"simple-examples/data/{name}")
             info.size = 5
             tar.addfile(info, io.BytesIO(b"wrong"))
-    monkeypatch.setitem(corpus_module.DOWNLOAD_URLS, "ptb", [archive.as_uri()])
+    monkeypatch.setitem(download.DOWNLOAD_URLS, "ptb", [archive.as_uri()])
     with pytest.raises(DataError, match="download failed.*expected"):
         load_corpus("ptb", tmp_path / "data", tmp_path / "cache", progress=False)
     assert not list((tmp_path / "data" / "ptb").iterdir())

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from atbptt.config import DatasetConfig, DatasetName
-from atbptt.data import (BLANK, START, companion, copy_streams, linear_system, load_task,
-                         random_orthogonal, var_coefficients)
+from atbptt.data import BLANK, START, copy_streams, load_task
+from atbptt.data.systems import companion, linear_system, random_orthogonal, var_coefficients
 
 
 def test_copy_fixed_targets_equal_inputs_m_steps_earlier():
@@ -73,7 +73,8 @@ def test_var_targets_are_next_inputs():
 
 @pytest.mark.parametrize("name", ["copy", "copy_variable", "linear", "var"])
 def test_dataset_seed_reproduces_data(name):
-    kw = dict(name=DatasetName(name), train_length=60, eval_length=30, batch_size=4, eval_batch_size=2)
+    kw = dict(name=DatasetName(name), train_length=60, eval_length=30, batch_size=4,
+              eval_batch_size=2)
     if name == "copy_variable":
         kw["m_min"] = 5
     a, b = load_task(DatasetConfig(**kw, seed=3)), load_task(DatasetConfig(**kw, seed=3))
@@ -87,9 +88,8 @@ def test_dataset_seed_reproduces_data(name):
 
 
 # ----------------------------------------------------------------- the paper's copy data
-from atbptt.corpus import DataError  # noqa: E402
-from atbptt.data import (copy_floor, copy_rule_predictions, load_paper_copy,  # noqa: E402
-                         paper_copy_path)
+from atbptt.data import (DataError, copy_floor, copy_rule_predictions,  # noqa: E402
+                         load_paper_copy, paper_copy_path)
 
 PAPER = [DatasetName.copy_paper, DatasetName.copy_variable_paper]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import os
 import tempfile
-import typing
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atbptt.config import Config, ConfigError, DatasetConfig, DatasetName
-from atbptt.corpus import DataError
-from atbptt.data import load_task
-from atbptt.limits import _fields, check_corpus_streams, check_data
+from atbptt.data import DataError, check_corpus_streams, load_task
+from atbptt.limits import _fields, check_data
 from atbptt.run import run as run_training
 from atbptt.validate import precheck
 from conftest import TINY, checked_config, tiny_config
@@ -54,16 +52,20 @@ def _data(cfg: Config):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["dataset=linear", "model.tie_weights=true"], "model.tie_weights=true is not allowed for dataset=linear"),
-    (["dataset=var", "model.tie_weights=true"], "model.tie_weights=true is not allowed for dataset=var"),
+    (["dataset=linear", "model.tie_weights=true"],
+     "model.tie_weights=true is not allowed for dataset=linear"),
+    (["dataset=var", "model.tie_weights=true"],
+     "model.tie_weights=true is not allowed for dataset=var"),
     (["dataset.train_length=24"], "method.window + method.burn_in must be <= 24"),
-    (["method=adaptive", "dataset.train_length=24"], "method.window + method.burn_in must be <= 24"),
+    (["method=adaptive", "dataset.train_length=24"],
+     "method.window + method.burn_in must be <= 24"),
     (["method.audit=true", "method.log_estimates=0", "dataset.train_length=24"], "must be <= 24"),
     (["dataset=linear", "dataset.noise_std=1e300"], "dataset.noise_std"),
 ])
 def test_configs_that_do_not_fit_their_data_are_refused(overrides, needle):
     cfg = tiny_config(*overrides)
-    with pytest.raises(ConfigError, match=needle.replace("+", r"\+").replace("[", r"\[")) as refused:
+    pattern = needle.replace("+", r"\+").replace("[", r"\[")
+    with pytest.raises(ConfigError, match=pattern) as refused:
         check_data(cfg, _data(cfg))
     assert "\n" not in str(refused.value)
 
@@ -79,7 +81,8 @@ def test_corpus_streams_need_two_tokens_each():
     cfg = DatasetConfig(name=DatasetName.ptb, batch_size=32, eval_batch_size=40000)
     tokens = {"train": 929589, "valid": 73760, "test": 82430}
     with pytest.raises(ConfigError, match=r"dataset.eval_batch_size=40000 .* valid split has "
-                                          r"73760 tokens, so dataset.eval_batch_size must be <= 36880"):
+                                          r"73760 tokens, so dataset.eval_batch_size must be "
+                                          r"<= 36880"):
         check_corpus_streams(cfg, tokens)
     check_corpus_streams(DatasetConfig(name=DatasetName.ptb, eval_batch_size=36880), tokens)
     with pytest.raises(ConfigError, match="dataset.batch_size=929589"):
@@ -107,13 +110,16 @@ def _valid_values(key: str, default) -> list:
 
 
 KEYS = sorted(SCHEMA) + ["dataset", "model", "method"]
-GROUP_VALUES = {"dataset": SYNTHETIC, "model": ["lstm", "gru", "srnn"], "method": ["fixed", "adaptive"]}
+GROUP_VALUES = {"dataset": SYNTHETIC, "model": ["lstm", "gru", "srnn"],
+                "method": ["fixed", "adaptive"]}
 
 
 def _values(key: str):
     """Junk or, as often, a value of the key's own type (group options for a group)."""
     valid = GROUP_VALUES.get(key) or _valid_values(key, SCHEMA.get(key))
-    return st.one_of(st.sampled_from(JUNK), st.sampled_from(valid)) if valid else st.sampled_from(JUNK)
+    if not valid:
+        return st.sampled_from(JUNK)
+    return st.one_of(st.sampled_from(JUNK), st.sampled_from(valid))
 
 
 override = st.sampled_from(KEYS).flatmap(lambda key: st.tuples(st.just(key), _values(key)))

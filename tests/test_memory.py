@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from atbptt import memory
 from atbptt.config import ConfigError
-from atbptt.corpus import TOKENS, VOCAB_SIZES, load_corpus
-from atbptt.data import load_task
+from atbptt.data import TOKENS, VOCAB_SIZES, load_corpus, load_task
 from atbptt.models import num_params
 from atbptt.train import build_model
 from conftest import SHARED_DATA, tiny_config

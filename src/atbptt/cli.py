@@ -5,7 +5,6 @@ gives one line naming the key and what is allowed, and a non-zero exit, not a tr
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import traceback
@@ -18,26 +17,17 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.atbptt_launcher.joblib_launcher import register as register_launcher
+
 from .config import ConfigError, register_configs
+from .config_source import register_resolvers
 from .launcher import WORKER_ENV, gave_up
-from .launcher import register as register_launcher
 from .validate import precheck, to_config
 
 register_configs()
 register_launcher()
-MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
+register_resolvers()  # ${short_dirname:...} in conf/config.yaml
 REFUSED_ENV = "ATBPTT_REFUSED_FILE"  # set by SweepReport: where sweep jobs list refusals
-
-
-def short_dirname(overrides: str) -> str:
-    """A sweep job's sub-directory: its overrides, shortened with a stable hash if too long."""
-    if len(overrides) <= MAX_DIRNAME:
-        return overrides
-    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
-    return f"{overrides[:MAX_DIRNAME - 11]}~{digest}"
-
-
-OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -90,7 +80,7 @@ class SweepReport(Callback):
 
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
-    from .corpus import DataError
+    from .data import DataError
     from .run import RunStopped, run
 
     hc = HydraConfig.get()
@@ -111,7 +101,8 @@ def task(cfg: DictConfig) -> str:
     except RunStopped as err:  # recorded in run.json: one line, no traceback
         if not multirun:
             _fail(str(err), err.code)
-        print(f"atbptt-run: job {hc.job.override_dirname} failed: {err}", file=sys.stderr, flush=True)
+        print(f"atbptt-run: job {hc.job.override_dirname} failed: {err}", file=sys.stderr,
+              flush=True)
         return "failed"
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (run.Interrupted)
         return _interrupted(err, run_dir)
@@ -160,7 +151,8 @@ def _see_run_json(run_dir: Path, err: Exception) -> str:
     from .metrics import read_json
 
     info = read_json(run_dir / "run.json") or {}
-    recorded = info.get("status") == "failed" and info.get("message") == f"{type(err).__name__}: {err}"
+    recorded = (info.get("status") == "failed"
+                and info.get("message") == f"{type(err).__name__}: {err}")
     return f" (see {run_dir / 'run.json'})" if recorded else ""
 
 

@@ -5,12 +5,14 @@ user config directory searched as well (``--config-dir``/``-cd``: its presets, s
 
 ``composing(source)`` sets Hydra up with the search path Hydra itself builds for ``atbptt-run``
 with those flags, so that the pre-check composes exactly what the run will; ``group_options``
-lists a config group's options over that search path.
+lists a config group's options over that search path. ``register_resolvers`` registers the
+resolver conf/config.yaml uses (``short_dirname``), for the CLI and the pre-check alike.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Iterator, List, Optional
 
 PACKAGED = "pkg://atbptt.conf"
 CLI_FILE = str(Path(__file__).with_name("cli.py"))  # the file that declares @hydra.main
+MAX_DIRNAME = 120  # file names are limited to 255 bytes; long override lists get a hash
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,22 @@ class ConfigSource:
         return None
 
 
+def short_dirname(overrides: str) -> str:
+    """A sweep job's sub-directory: its overrides, shortened with a stable hash if too long."""
+    if len(overrides) <= MAX_DIRNAME:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return f"{overrides[:MAX_DIRNAME - 11]}~{digest}"
+
+
+def register_resolvers() -> None:
+    """Register ``${short_dirname:...}`` (``hydra.sweep.subdir`` in conf/config.yaml)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("short_dirname"):
+        OmegaConf.register_new_resolver("short_dirname", short_dirname)
+
+
 @contextlib.contextmanager
 def composing(source: ConfigSource = ConfigSource()) -> Iterator[None]:
     """Within this block, ``hydra.compose`` composes from ``source``'s search path."""
@@ -54,11 +73,13 @@ def composing(source: ConfigSource = ConfigSource()) -> Iterator[None]:
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
+    from hydra_plugins.atbptt_launcher.joblib_launcher import register as register_launcher
+
     from .config import register_configs
-    from .launcher import register as register_launcher
 
     register_configs()
     register_launcher()
+    register_resolvers()
     backup = get_gh_backup()
     version.setbase("1.3")
     primary = compute_search_path_dir(CLI_FILE, None, source.config_path or PACKAGED)

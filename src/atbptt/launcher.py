@@ -1,10 +1,10 @@
 """Hydra's joblib launcher, made to outlive a worker's death and to stop its workers on a signal.
 
-``hydra/launcher=joblib`` selects this launcher: ``register`` stores its config
-(``JoblibConf``: the plugin's keys plus ``retries``) in Hydra's ConfigStore under the plugin's
-own name, after Hydra has scanned the plugins. Hydra instantiates launchers from the
-``hydra_plugins`` package only, so the class itself, ``JoblibLauncher``, is defined in
-``hydra_plugins/atbptt_launcher/`` (shipped with atbptt) from ``RetryingLaunch`` here. It runs
+``hydra/launcher=joblib`` selects this launcher: its config is ``JoblibConf`` (the plugin's
+keys plus ``retries``), stored in Hydra's ConfigStore under the plugin's own name after Hydra
+has scanned the plugins. Hydra instantiates launchers from the ``hydra_plugins`` package only,
+so the class itself, ``JoblibLauncher``, and ``register`` are in
+``hydra_plugins/atbptt_launcher/`` (shipped with atbptt), built on ``RetryingLaunch`` here. It runs
 the jobs as Hydra's does, in loky worker processes, with two differences:
 
 - **A worker that dies** (SIGKILL, the out-of-memory killer) breaks loky's pool, and loky then
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
@@ -43,18 +42,6 @@ gave_up: List[str] = []  # in the launching process: jobs whose worker died ever
 class JoblibConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.atbptt_launcher.joblib_launcher.JoblibLauncher"
     retries: int = 2  # times the jobs whose worker died run again (resuming from checkpoints)
-
-
-def register() -> None:
-    """Store ``JoblibConf`` as ``hydra/launcher=joblib``, over the plugin's own entry (Hydra
-    stores that when it first scans the plugins, which is done here first), and register the
-    launcher class with Hydra (its scan misses packages installed in editable mode)."""
-    from hydra.core.plugins import Plugins
-    from hydra_plugins.atbptt_launcher.joblib_launcher import JoblibLauncher
-
-    Plugins.instance().register(JoblibLauncher)
-    ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=JoblibConf,
-                                 provider="atbptt")
 
 
 def _worker_init() -> None:

@@ -4,8 +4,8 @@
 as well as in each job): every number finite and within 64 bits, seeds >= 0, ``threads`` within
 the machine's cores, at most ``MAX_LAYERS`` layers, a finite, positive SGD step
 ``lr * K**lr_power`` for every K the run can use, and for a corpus at least 2 tokens per stream
-(``check_corpus_streams``, from the token counts of its verified files, ``corpus.TOKENS``;
-checked again once it is read).
+(``data.check_corpus_streams``, from the token counts of its verified files,
+``data.corpus.TOKENS``; checked again once it is read).
 ``check_data`` runs once the streams are built, before the run directory is locked or written.
 Each raises ``ConfigError`` with one line naming the key(s) and what is allowed.
 """
@@ -14,15 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import TYPE_CHECKING, Dict, Iterator, Tuple
+from typing import Iterator, Tuple
 
 import torch
 
-from .config import Config, ConfigError, DatasetConfig, MethodName
-from .corpus import TOKENS
-
-if TYPE_CHECKING:
-    from .data import TaskData
+from .config import Config, ConfigError, MethodName
+from .data import TOKENS, TaskData, check_corpus_streams
 
 INT64 = 2 ** 63  # torch indexes, seeds and counts with 64-bit integers
 MAX_LAYERS = 100  # deeper stacks only wait: the paper's models have 1 or 2 layers
@@ -44,9 +41,10 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay!r} is not allowed; "
                           f"optim.weight_decay must be <= {FLOAT32_MAX:.4g} (a float32 number)")
     if cfg.model.num_layers > MAX_LAYERS:
-        raise ConfigError(f"model.num_layers={cfg.model.num_layers} is not allowed; model.num_layers "
-                          f"must be <= {MAX_LAYERS} (torch builds and runs a stack layer by layer, so "
-                          "time grows with depth: 1000 layers of width 8 take over a minute per chunk on a CPU)")
+        raise ConfigError(f"model.num_layers={cfg.model.num_layers} is not allowed; "
+                          f"model.num_layers must be <= {MAX_LAYERS} (torch builds and runs a "
+                          "stack layer by layer, so time grows with depth: 1000 layers of width "
+                          "8 take over a minute per chunk on a CPU)")
     _check_step_size(cfg)
     if cfg.dataset.name.value in TOKENS:  # the verified files' token counts are known up front
         check_corpus_streams(cfg.dataset, TOKENS[cfg.dataset.name.value])
@@ -97,31 +95,21 @@ def _check_step_size(cfg: Config) -> None:
                 f"{step:.4g} at K={K}")
 
 
-def check_corpus_streams(cfg: DatasetConfig, num_tokens: Dict[str, int]) -> None:
-    """Each stream of each split needs at least 2 tokens (one input-target step)."""
-    for split, tokens in num_tokens.items():
-        key = "dataset.batch_size" if split == "train" else "dataset.eval_batch_size"
-        streams = cfg.batch_size if split == "train" else cfg.eval_batch_size
-        if tokens // streams < 2:
-            raise ConfigError(f"{key}={streams} is not allowed for dataset={cfg.name.value}: its "
-                              f"{split} split has {tokens} tokens, so {key} must be <= "
-                              f"{tokens // 2} (at least 2 tokens per stream)")
-
-
 def uses_estimator(cfg: Config) -> bool:
     """Whether the run samples estimation windows (K estimates, logged profiles, the audit)."""
     m = cfg.method
     return m.name == MethodName.adaptive or m.log_estimates > 0 or m.audit
 
 
-def check_data(cfg: Config, data: "TaskData") -> None:
+def check_data(cfg: Config, data: TaskData) -> None:
     """Refuse a config that does not fit the data it was given (before anything is written)."""
     m = cfg.method
     if cfg.model.tie_weights and not (data.token_inputs and data.input_size == data.output_size):
         inputs = (f"{data.input_size} input tokens, {data.output_size} output classes"
                   if data.token_inputs else f"vector inputs of size {data.input_size}")
-        raise ConfigError(f"model.tie_weights=true is not allowed for dataset={data.name} ({inputs}); "
-                          "tied weights need token inputs and outputs over one vocabulary: "
+        raise ConfigError(f"model.tie_weights=true is not allowed for dataset={data.name} "
+                          f"({inputs}); tied weights need token inputs and outputs over one "
+                          "vocabulary: "
                           "use model.tie_weights=false")
     for split in (data.train, data.valid, data.test):
         for values in (split.inputs, split.targets):
@@ -133,5 +121,6 @@ def check_data(cfg: Config, data: "TaskData") -> None:
     if uses_estimator(cfg) and m.window + m.burn_in > steps:
         raise ConfigError(
             f"method.window={m.window} with method.burn_in={m.burn_in} is not allowed for these "
-            f"training streams of {steps} steps: method.window + method.burn_in must be <= {steps} "
-            "(or lengthen the streams: dataset.train_length, or a smaller dataset.batch_size for a corpus)")
+            f"training streams of {steps} steps: method.window + method.burn_in must be <= "
+            f"{steps} (or lengthen the streams: dataset.train_length, or a smaller "
+            "dataset.batch_size for a corpus)")

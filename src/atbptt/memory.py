@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .config import Cell, Config, ConfigError, DatasetName, MethodName, Style
-from .corpus import TOKENS, VOCAB_SIZES
+from .data import TOKENS, VOCAB_SIZES
 
 FLOAT, INDEX = 4, 8  # bytes of a float32 value, of an int64 token id
 GATES = {Cell.lstm: 4, Cell.gru: 3, Cell.srnn: 1}
 # floats torch keeps per step, stream, layer and hidden unit for the backward pass (a low count:
 # LSTM the gates, cell and output; GRU the gates and output; tanh RNN the pre-activation and output)
 SAVED = {Cell.lstm: 6, Cell.gru: 4, Cell.srnn: 2}
-# vocabulary and tokens of the corpora's verified files (corpus.py checks their checksums)
+# vocabulary and tokens of the corpora's verified files (data/download.py checks them)
 CORPUS_VOCAB = {DatasetName(name): size for name, size in VOCAB_SIZES.items()}
 CORPUS_TOKENS = {DatasetName(name): tokens for name, tokens in TOKENS.items()}
 GIB = 2 ** 30
@@ -78,7 +78,8 @@ def estimate(cfg: Config) -> List[Part]:
     m, d, method = cfg.model, cfg.dataset, cfg.method
     n_in, n_out, tokens = sizes(cfg)
     per_step = m.num_layers * m.hidden_size * SAVED[m.cell] + m.embedding_size
-    K = min(cfg.K, d.train_length) if d.name not in CORPUS_TOKENS else cfg.K  # a chunk fits its split
+    # a chunk fits its split
+    K = min(cfg.K, d.train_length) if d.name not in CORPUS_TOKENS else cfg.K
     steps = 2 * K - 1 if method.style == Style.overlap and method.name != MethodName.artbp else K
     parts = [
         Part("the parameters, their gradients and the checkpoint's copy (model.hidden_size, "
@@ -89,8 +90,8 @@ def estimate(cfg: Config) -> List[Part]:
              FLOAT * steps * d.batch_size * per_step),
         Part(f"the logits of {K} steps (K, dataset.batch_size, {size_keys(cfg)})", 0,
              2 * FLOAT * K * d.batch_size * n_out),
-        Part(f"one evaluation chunk (dataset.eval_chunk, dataset.eval_batch_size, {size_keys(cfg)}, "
-             "model.hidden_size, model.num_layers)", 0,
+        Part("one evaluation chunk (dataset.eval_chunk, dataset.eval_batch_size, "
+             f"{size_keys(cfg)}, model.hidden_size, model.num_layers)", 0,
              FLOAT * d.eval_chunk * d.eval_batch_size * (n_out + m.num_layers * m.hidden_size)),
         _data(cfg, n_in, n_out, tokens),
     ]
@@ -146,8 +147,9 @@ def check(cfg: Config, device_type: str = "cpu") -> None:
             continue
         largest = max(parts, key=lambda p: p.device if where == "GPU memory" else p.host + p.device)
         raise ConfigError(
-            f"this run would hold at least {need / GIB:.3g} GiB of {where} and {room / GIB:.3g} GiB "
-            f"are {source}; the largest part is {largest.what}: make it smaller"
+            f"this run would hold at least {need / GIB:.3g} GiB of {where} and "
+            f"{room / GIB:.3g} GiB are {source}; the largest part is {largest.what}: "
+            "make it smaller"
             + ("" if cfg.max_memory is not None else
                ", or set max_memory (GiB) if more memory will be free when the run starts"))
 

@@ -29,7 +29,8 @@ from .limits import check_config
 
 GROUPS = ("dataset", "model", "method", "experiment", "setting")
 # flags after which Hydra does not run a job (help, printing the config, completion...)
-_NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
+_NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg",
+                 "--shell-completion", "-sc"}
 
 
 def group_options(group: str, source: ConfigSource = ConfigSource()) -> List[str]:
@@ -127,7 +128,8 @@ def precheck(argv: List[str]) -> Optional[str]:
             if not o.is_sweep_override():
                 hydra_args.append(o.input_line)
             continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        values = (list(o.sweep_string_iterator()) if o.is_sweep_override()
+                  else [o.get_value_element_as_str()])
         if o.is_sweep_override() and not multirun:
             return f"{o.input_line}: a sweep needs -m (multirun)"
         message = _check_override(o.key_or_group, values, o.is_add(), o.is_delete(), source)
@@ -149,7 +151,8 @@ def _check_modes(args) -> Optional[str]:
     if args.help or args.hydra_help:
         return None
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun),
-                                   ("--cfg", args.cfg is not None), ("--info", args.info is not None),
+                                   ("--cfg", args.cfg is not None),
+                                   ("--info", args.info is not None),
                                    ("--shell-completion", args.shell_completion)) if on]
     if len(modes) > 1:
         return (f"{' and '.join(modes)} cannot be combined: Hydra takes one of --run, "
@@ -230,7 +233,8 @@ def _check_logger(config: Config) -> None:
 
 
 # ------------------------------------------------------------------------------ sweeps
-def check_group_sweeps(argv: List[str], parsed, source: ConfigSource = ConfigSource()) -> Optional[str]:
+def check_group_sweeps(argv: List[str], parsed,
+                       source: ConfigSource = ConfigSource()) -> Optional[str]:
     """A sweep over group options that carry their own sweeps (``-m experiment=a,b``) would run
     one job per option, not their grids: refused, with the commands that run each grid."""
     for o in parsed:
@@ -240,9 +244,10 @@ def check_group_sweeps(argv: List[str], parsed, source: ConfigSource = ConfigSou
         prefix = "+" if o.is_add() else ""
         values = list(o.sweep_string_iterator())
         if any(_carries_sweep(f"{prefix}{o.key_or_group}={v}", source) for v in values):
-            commands = "; ".join(shlex.join(["atbptt-run", *(f"{prefix}{o.key_or_group}={v}"
-                                                            if a == o.input_line else a for a in argv)])
-                                 for v in values)
+            commands = "; ".join(
+                shlex.join(["atbptt-run", *(f"{prefix}{o.key_or_group}={v}"
+                                            if a == o.input_line else a for a in argv)])
+                for v in values)
             return (f"{o.input_line}: each {group} option carries its own sweep, and one launch "
                     f"runs one sweep; run one per launch: {commands}")
     return None
@@ -252,11 +257,13 @@ def _carries_sweep(override: str, source: ConfigSource = ConfigSource()) -> bool
     from hydra import compose
 
     with composing(source):
-        cfg = compose(config_name=source.config_name, overrides=[override], return_hydra_config=True)
+        cfg = compose(config_name=source.config_name, overrides=[override],
+                      return_hydra_config=True)
     return bool(cfg.hydra.sweeper.params)
 
 
-def sweep_jobs(task: List[str], hydra_args: List[str], config_name: str = "config") -> List[List[str]]:
+def sweep_jobs(task: List[str], hydra_args: List[str],
+               config_name: str = "config") -> List[List[str]]:
     """The overrides of every job, as Hydra's basic sweeper expands them: the preset's
     ``hydra.sweeper.params`` first, replaced by the command line's values for the same key."""
     from hydra import compose
@@ -265,7 +272,8 @@ def sweep_jobs(task: List[str], hydra_args: List[str], config_name: str = "confi
 
     parser = OverridesParser.create()
     fixed = [o.input_line for o in parser.parse_overrides(task) if not o.is_sweep_override()]
-    master = compose(config_name=config_name, overrides=[*hydra_args, *fixed], return_hydra_config=True)
+    master = compose(config_name=config_name, overrides=[*hydra_args, *fixed],
+                     return_hydra_config=True)
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
     (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]), None)
     return jobs
@@ -277,7 +285,6 @@ def check_sweep_jobs(task: List[str], hydra_args: List[str],
     (``hydra.sweep.subdir``) its own."""
     from hydra import compose
 
-    _register_dirname_resolver()
     seen: Dict[str, str] = {}
     with composing(source):
         for num, job in enumerate(sweep_jobs(task, hydra_args, source.config_name)):
@@ -310,9 +317,3 @@ def _job_subdir(cfg: DictConfig, num: int) -> str:
         cfg.hydra.job.id = num
     return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
 
-
-def _register_dirname_resolver() -> None:
-    if not OmegaConf.has_resolver("short_dirname"):
-        from .cli import short_dirname  # importing the CLI registers it
-
-        OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
