@@ -26,7 +26,7 @@ import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 import atbptt  # noqa: F401  (before torch: huge-page CPU allocation, see atbptt/__init__.py)
 import torch
@@ -40,7 +40,8 @@ from atbptt.tbptt import Walker, chunk_forward, cross_entropy, sequence_loss
 
 def make_setup(hidden: int, vocab: int, batch: int, length: int, device: str):
     torch.manual_seed(0)
-    model = RNNModel(ModelSpec(Cell.lstm, vocab, vocab, True, hidden, 1, hidden, 0.2, True)).to(device)
+    spec = ModelSpec(Cell.lstm, vocab, vocab, True, hidden, 1, hidden, 0.2, True)
+    model = RNNModel(spec).to(device)
     ids = torch.randint(0, vocab, (length + 1, batch))
     return model, Split(ids[:-1], ids[1:])
 
@@ -178,7 +179,8 @@ def bench_overlap(args, device) -> List[tuple]:
     tokens = K * chunks * args.batch
 
     def overlap(decode_all=False, loss_fn=None):
-        return lambda: train_steps(model, split, K, Style.overlap, device, chunks, decode_all, loss_fn)
+        return lambda: train_steps(model, split, K, Style.overlap, device, chunks,
+                                   decode_all, loss_fn)
 
     rows = []
     for label, ours, base, target in (
@@ -188,8 +190,9 @@ def bench_overlap(args, device) -> List[tuple]:
              overlap(), overlap(True), "FLOP bound 1.74x")):
         t_ours, t_base, ratio = paired(ours, base, args.rounds)
         rows.append((f"overlap K={K}: {label}", tokens / t_ours, tokens / t_base, ratio, target))
-    t_ours, t_base, ratio = paired(lambda: train_steps(model, split, K, Style.chunk, device, chunks),
-                                   lambda: examples_loop(model, split, K, device, chunks), args.rounds)
+    t_ours, t_base, ratio = paired(
+        lambda: train_steps(model, split, K, Style.chunk, device, chunks),
+        lambda: examples_loop(model, split, K, device, chunks), args.rounds)
     rows.append((f"chunk K={K}: ours vs pytorch/examples loop", tokens / t_ours, tokens / t_base,
                  ratio, ">= 0.9x"))
     return rows
@@ -295,8 +298,12 @@ def graph_rows(args) -> List[tuple]:
 
 
 def print_table(rows: List[tuple], device: str) -> None:
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-    print(f"\ndevice: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or platform.machine()
+    print(f"\ndevice: {device} ({name}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
     print("units: overlap/chunk rows tokens/s (higher is better), loss and profile rows seconds,"
           " memory MiB; ratio = ours' speed over the baseline's (median of paired rounds)")
     width = max(len("benchmark"), *(len(r[0]) for r in rows))
@@ -308,7 +315,8 @@ def print_table(rows: List[tuple], device: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")

@@ -164,6 +164,17 @@ def robust_ylim(ax, runs: pd.DataFrame, y: str) -> None:
         ax.set_ylim(lo - pad, hi + pad)
 
 
+def robust_log_ylim(ax, runs: pd.DataFrame, y: str) -> None:
+    """Log-scale twin of robust_ylim: the first evaluations' δ̂ (1e-20 on an untrained LM)
+    would squeeze every trained value into the top of the panel: the range is that of the
+    evaluations from the first epoch on (or a tenth of the budget, if shorter)."""
+    trained = runs["epoch"] >= min(1.0, 0.1 * runs["epoch"].max())
+    values = runs.loc[trained, y].replace([np.inf, -np.inf], np.nan).dropna()
+    values = values[values > 0]
+    if len(values) >= 2 and values.max() > values.min():  # earlier evaluations may fall below
+        ax.set_ylim(values.min() / 2, values.max() * 2)
+
+
 # ----------------------------------------------------------------------------- figures
 def metric_label(exp: dict, template: str) -> str:
     """template with {} for the metric: 'test {} at best valid' -> 'test PPL at best valid'."""
@@ -258,6 +269,7 @@ def three_panels(exp: dict, runs: pd.DataFrame, styles: dict, x: str, xlabel: st
     plot_panel(axes[1], runs, styles, x, "K_in_use")
     axes[1].set_ylabel("truncation K in use (ARTBP: mean)")
     plot_panel(axes[2], runs, biased, x, "delta_hat", log=True)
+    robust_log_ylim(axes[2], runs[runs["setting"].isin(biased)], "delta_hat")
     delta_targets(axes[2], exp["summary"], styles)
     axes[2].set_ylabel("estimated relative bias δ̂(K)")
     if has_var:

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _model(cell: Cell) -> RNNModel:
     torch.manual_seed(0)
-    return RNNModel(ModelSpec(cell, 11, 11, True, hidden_size=16, num_layers=2, embedding_size=16)).double()
+    spec = ModelSpec(cell, 11, 11, True, hidden_size=16, num_layers=2, embedding_size=16)
+    return RNNModel(spec).double()
 
 
 @pytest.mark.parametrize("cell", list(Cell))
@@ -81,7 +82,8 @@ def test_artbp_segments_and_window_gradients_on_cuda_match_cpu(cell):
 
 def test_cli_runs_on_cuda(tmp_path, tiny):
     run = tmp_path / "run"
-    result = run_cli([*tiny, "device=cuda", "method=adaptive", f"hydra.run.dir={run}"], cwd=tmp_path)
+    result = run_cli([*tiny, "device=cuda", "method=adaptive", f"hydra.run.dir={run}"],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     info = json.loads((run / "run.json").read_text())
     assert info["device"] == "cuda" and info["status"] == "finished"
@@ -94,16 +96,19 @@ def test_resume_moves_between_cpu_and_cuda(tmp_path, monkeypatch, capsys):
     """A CPU-started run resumes on CUDA (RNG states restored from the checkpoint's CPU copies),
     and its CUDA checkpoint resumes back on the CPU (its CUDA RNG state then unused); each move
     warns once and is recorded, and no evaluation is lost or repeated."""
-    overrides = ("model.num_layers=2", "model.dropout=0.2", "method=adaptive", "method.reestimate_every=3",
-                 "method.reestimate_steps=null", "epochs=2", "evals_per_epoch=3")
+    overrides = ("model.num_layers=2", "model.dropout=0.2", "method=adaptive",
+                 "method.reestimate_every=3", "method.reestimate_steps=null", "epochs=2",
+                 "evals_per_epoch=3")
     run_dir = tmp_path / "run"
     run_interrupted(tiny_config("device=cpu", *overrides), run_dir, 2, monkeypatch)
     run_interrupted(tiny_config("device=cuda", *overrides), run_dir, 4, monkeypatch)
     payload = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert payload["cuda_rng"] is not None  # written on CUDA
     assert run_training(tiny_config("device=cpu", *overrides), run_dir) == "finished"
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "so far and is resumed" in line]
-    assert len(warnings) == 2 and "ran with device=cpu so far and is resumed with device=cuda" in warnings[0]
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if "so far and is resumed" in line]
+    assert len(warnings) == 2
+    assert "ran with device=cpu so far and is resumed with device=cuda" in warnings[0]
     assert "ran with device=cuda so far and is resumed with device=cpu" in warnings[1]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["device"] == "cpu" and info["resumed_on_devices"] == ["cuda", "cpu"]
