@@ -322,7 +322,7 @@ def _bad_inputs():
         ("tied-weights-on-vectors", ["dataset=linear", "model.tie_weights=true"],
          "model.tie_weights"),
         ("estimator-window-longer-than-data", ["dataset.train_length=24"], "method.window"),
-        # from the verified files' token counts (corpus.TOKENS), before any file is read: the
+        # from the verified files' token counts (atbptt.data.TOKENS), before any file is read: the
         # empty data_dir shows that the corpus need not be present
         ("eval-streams-of-one-token", [*ptb, "dataset.data_dir={tmp}/empty",
                                        "dataset.eval_batch_size=40000"], "dataset.eval_batch_size"),

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.atbptt_launcher.joblib_launcher import register as register_launcher
 
-from .config import ConfigError, register_configs
+from .config import register_configs
+from .errors import ConfigError, DataError
 from .config_source import register_resolvers
 from .launcher import WORKER_ENV, gave_up
 from .validate import precheck, to_config
@@ -80,7 +81,6 @@ class SweepReport(Callback):
 
 @hydra.main(version_base="1.3", config_path="pkg://atbptt.conf", config_name="config")
 def task(cfg: DictConfig) -> str:
-    from .data import DataError
     from .run import RunStopped, run
 
     hc = HydraConfig.get()

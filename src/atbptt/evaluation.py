@@ -25,6 +25,7 @@ from .adapters import sample_windows
 from .config import Config, LogFrom, MethodName
 from .controller import AdaptiveTruncation
 from .data import TaskData
+from .errors import Diverged
 from .metrics import DELTAS, write_profile
 from .models import RNNModel
 from .profile import true_relative_bias
@@ -32,10 +33,6 @@ from .tbptt import evaluate
 
 ESTIMATOR_SEED = 7919  # the estimator's windows are seeded by seed + this (the weights by seed)
 FRESH_SEED = 104729  # method.log_from=fresh: the diagnostics' windows, seeded by seed + this
-
-
-class Diverged(RuntimeError):
-    """The weights, the training loss or an evaluation loss became NaN or inf."""
 
 
 def diverged_or_raise(model: RNNModel, err: ValueError) -> None:

@@ -8,23 +8,11 @@ temporary name. ``remove_temporaries`` deletes the temporary files this process 
 """
 from __future__ import annotations
 
-import errno as errno_codes
 import os
 from pathlib import Path
 from typing import Iterable, Union
 
-
-class FileWriteError(RuntimeError):
-    """A run file could not be written (``OSError`` underneath); the message is one line naming
-    the file, the reason and its errno name, e.g. ``cannot write run/metrics.csv: No space left
-    on device (ENOSPC)``."""
-
-    def __init__(self, path: Union[str, Path], err: OSError):
-        self.path = Path(path)
-        self.errno = err.errno
-        name = errno_codes.errorcode.get(err.errno or 0, "")
-        reason = err.strerror or str(err) or type(err).__name__
-        super().__init__(f"cannot write {self.path}: {reason}{f' ({name})' if name else ''}")
+from .errors import FileWriteError
 
 
 def tmp_name(path: Path) -> Path:

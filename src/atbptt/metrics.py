@@ -16,7 +16,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .files import FileWriteError, append_line, atomic_write
+from .errors import FileWriteError, MetricsDamage
+from .files import append_line, atomic_write
 
 DELTAS = (1.0, 0.9, 0.5, 0.1)  # K_hat is logged for these delta (NOTES §3)
 GRAD_NORM_BOUNDS = ("grad", "norm_sum")  # config.GradNormBound values
@@ -46,10 +47,6 @@ def _fmt(value) -> str:
             return "nan"
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     return str(value)
-
-
-class MetricsDamage(ValueError):
-    """metrics.csv cannot back a resume; the message says what is wrong with it (one line)."""
 
 
 class MetricsWriter:

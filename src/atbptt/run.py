@@ -29,6 +29,7 @@ import torch
 from . import artbp, memory, resume
 from .config import Config, MethodName
 from .data import TaskData, load_task
+from .errors import RunStopped
 from .files import FileWriteError, remove_temporaries
 from .limits import check_data
 from .metrics import git_commit, hardware, now_iso, read_json, write_json
@@ -47,15 +48,6 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.code = signum, 128 + signum
         self.recorded = bool(message)  # in run.json; else it came before the run was accepted
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
-
-
-class RunStopped(Exception):
-    """The run stopped on an error it recorded (an OS error on one of its files, its directory
-    removed); the message is one line and ``code`` the exit code."""
-
-    def __init__(self, message: str, code: int):
-        self.code = code
-        super().__init__(message)
 
 
 @contextlib.contextmanager

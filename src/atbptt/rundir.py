@@ -27,8 +27,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .config import ConfigError
-from .files import FileWriteError, atomic_write
+from .errors import FileWriteError, RunDirError, RunDirGone
+from .files import atomic_write
 
 LOCK_FILE = "run.lock"
 CHECKPOINT = "checkpoint.pt"
@@ -36,14 +36,6 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "progress", "walker", "rng", 
 # file systems without flock support (or, for a directory, NFS: EBADF): skipped, with a warning
 # if neither lock can be taken
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
-
-
-class RunDirError(ConfigError):
-    """The run directory cannot be used as asked; the message is one line saying what to do."""
-
-
-class RunDirGone(RuntimeError):
-    """The locked run directory was removed or replaced while the run held it."""
 
 
 class RunDirLock:

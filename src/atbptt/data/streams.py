@@ -11,11 +11,8 @@ from typing import Dict
 
 from torch import Tensor
 
-from ..config import ConfigError, DatasetConfig
-
-
-class DataError(ValueError):
-    """A data file is missing, corrupt or cannot be fetched; the message is one line."""
+from ..config import DatasetConfig
+from ..errors import ConfigError, DataError  # noqa: F401  (DataError re-exported)
 
 
 @dataclass
