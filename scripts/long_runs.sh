@@ -14,14 +14,76 @@
 # unfinished run from its last checkpoint (one per evaluation) and skips finished ones, so
 # a sweep can span machines or sessions as long as the run directories (checkpoint.pt
 # included) travel with it. Two jobs at a time with one torch thread each (joblib launcher).
+#
+#   bash scripts/long_runs.sh chain "EXPERIMENT SEED [COMMIT]" ...  # one sweep after another
+#
+# chain runs the sweeps in turn in the background (each waits for the one before, a sweep
+# already running included), log and pid in results/long_runs_chain.{log,pid}; a sweep
+# without COMMIT resumes on its recorded commit, or starts on HEAD as it is when chain is
+# called (later commits do not reach it). `stop` on the running sweep lets the chain go on;
+# `kill -- -$(cat results/long_runs_chain.pid)` ends the chain (the running sweep goes on).
+# EXTRA_OVERRIDES (environment, space-separated Hydra overrides) are appended to every sweep
+# of `start`: for tests and one-off budgets; each run records its config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { echo "usage: bash scripts/long_runs.sh start|status|stop EXPERIMENT SEED [COMMIT]" >&2; exit 2; }
+usage() {
+  echo "usage: bash scripts/long_runs.sh start|status|stop EXPERIMENT SEED [COMMIT]" >&2
+  echo "       bash scripts/long_runs.sh chain \"EXPERIMENT SEED [COMMIT]\" ..." >&2
+  exit 2
+}
+check_item() {  # EXPERIMENT SEED [COMMIT]: one line and exit 2 if bad
+  case "${2:-}" in ''|*[!0-9]*)
+    echo "long_runs.sh: SEED must be a non-negative integer, got '${2:-}'" >&2; exit 2 ;; esac
+  [ -f "conf/experiment/${1:-}.yaml" ] || {
+    echo "long_runs.sh: unknown experiment '${1:-}' (conf/experiment/*.yaml)" >&2; exit 2; }
+  [ -z "${3:-}" ] || git rev-parse -q --verify "${3}^{commit}" >/dev/null || {
+    echo "long_runs.sh: unknown COMMIT '${3}'" >&2; exit 2; }
+}
+recorded_commit() {  # $1: sweep dir -> the commit its runs recorded, if any
+  cat "$1"/*/run.json 2>/dev/null | grep -o '"git_commit": "[0-9a-f]\{40\}' | head -1 \
+    | grep -o '[0-9a-f]\{40\}' || true
+}
+if [ "${1:-}" = chain ]; then
+  shift
+  [ $# -ge 1 ] || usage
+  head=$(git rev-parse HEAD)
+  items=()
+  for item in "$@"; do
+    # shellcheck disable=SC2086
+    set -- $item
+    check_item "$@"
+    commit=${3:-$(recorded_commit "results/$1/runs/seed$2")}
+    if [ -z "$commit" ]; then
+      [ -z "$(git status --porcelain --untracked-files=no)" ] || {
+        echo "long_runs.sh: the working tree has uncommitted changes; commit them or name a COMMIT" >&2
+        exit 2; }
+      commit=$head
+    fi
+    items+=("$1 $2 $(git rev-parse "$commit")")
+  done
+  chainpid=results/long_runs_chain.pid
+  if [ -f "$chainpid" ] && kill -0 "$(cat "$chainpid")" 2>/dev/null; then
+    echo "long_runs.sh: a chain is already running (pid $(cat "$chainpid"))" >&2; exit 2
+  fi
+  nohup setsid bash -c '
+    for item in "$@"; do
+      set -- $item
+      pidfile="results/$1/runs/seed$2/sweep.pid"
+      if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+        echo "== $(date -u +%FT%TZ) chain: $item"
+        bash scripts/long_runs.sh start "$@" || continue
+      fi
+      while [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; do sleep 30; done
+    done
+    echo "== $(date -u +%FT%TZ) chain: done"' chain "${items[@]}" \
+    >> results/long_runs_chain.log 2>&1 < /dev/null &
+  echo $! > "$chainpid"
+  printf 'chain (pid %s):\n' "$!"; printf '  %s\n' "${items[@]}"
+  exit 0
+fi
 [ $# -ge 3 ] || usage
 action=$1 experiment=$2 seed=$3
-case "$seed" in ''|*[!0-9]*) echo "long_runs.sh: SEED must be a non-negative integer, got '$seed'" >&2; exit 2 ;; esac
-[ -f "conf/experiment/$experiment.yaml" ] || {
-  echo "long_runs.sh: unknown experiment '$experiment' (conf/experiment/*.yaml)" >&2; exit 2; }
+check_item "$experiment" "$seed" "${4:-}"
 sweep_dir="results/$experiment/runs/seed$seed"
 pidfile="$sweep_dir/sweep.pid"
 BIN=${BIN:-.venv/bin}
@@ -44,7 +106,7 @@ case "$action" in
   start)
     if running; then echo "long_runs.sh: $sweep_dir is already running (pid $(cat "$pidfile"))" >&2; exit 2; fi
     # resuming: the commit the sweep started with, so that every run is one commit's
-    recorded=$(cat "$sweep_dir"/*/run.json 2>/dev/null | grep -o '"git_commit": "[0-9a-f]\{40\}' | head -1 | grep -o '[0-9a-f]\{40\}' || true)
+    recorded=$(recorded_commit "$sweep_dir")
     commit=$(git rev-parse "${4:-${recorded:-HEAD}}")
     if [ -z "${4:-}${recorded}" ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
       echo "long_runs.sh: the working tree has uncommitted changes; commit them or name a COMMIT" >&2; exit 2
@@ -56,7 +118,7 @@ case "$action" in
     echo "== $(date -u +%FT%TZ) start $experiment seed=$seed commit=$commit" >> "$sweep_dir/sweep.log"
     nohup setsid "$BIN/python" -m atbptt.cli -m "experiment=$experiment" "seed=$seed" threads=1 \
       hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" progress=false \
-      "hydra.sweep.dir=$sweep_dir" >> "$sweep_dir/sweep.log" 2>&1 < /dev/null &
+      "hydra.sweep.dir=$sweep_dir" ${EXTRA_OVERRIDES:-} >> "$sweep_dir/sweep.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
     echo "started $experiment seed=$seed (pid $!, commit ${commit:0:10}) -> $sweep_dir"
     ;;
