@@ -21,13 +21,15 @@ Regression tasks use losses where classification tasks use perplexities. Curves 
 seeds (band: ±1 sd; geometric mean and sd of logs on log axes); a diverged run's last point
 is marked with ×.
 
+The drawing blocks are in figure_panels.py, table.md in markdown_tables.py, and what the
+analysis scripts share (reading results back, setting labels and order) in analysis_common.py.
+
 Never imports the training package or torch: analysis stays independent of training.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import re
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -37,192 +39,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DPI = 110
-FIXED_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:cyan",
-                 "tab:olive", "tab:pink"]
-ADAPTIVE_COLOURS = ["black", "#5a5a5a", "#8b4513", "#2f2f6f", "#1f4f2f", "#9a9a9a"]
-ARTBP_COLOURS = ["tab:brown", "tab:pink", "darkgoldenrod", "teal", "tab:gray", "indigo"]
-UNITS = {"ppl": "PPL", "loss": "loss"}
-PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
-# experiment name prefix (or dataset name) -> the paper's dataset column (NOTES §6)
-PAPER_DATASETS = [("copy_variable", "copy_variable"), ("copy", "copy"), ("ptb", "ptb"),
-                  ("wikitext2", "wikitext2"), ("wiki2", "wikitext2")]
-
-
-# ----------------------------------------------------------------------------- loading
-def load_experiment(folder: Path) -> dict:
-    """The aggregated tables of one experiment folder."""
-    runs = pd.read_csv(folder / "runs.csv")
-    summary = pd.read_csv(folder / "summary.csv")
-    profiles_path = folder / "profiles.csv"
-    profiles = pd.read_csv(profiles_path) if profiles_path.is_file() else pd.DataFrame()
-    provenance_path = folder / "provenance.json"
-    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
-    task = str(summary["task"].iloc[0]) if "task" in summary and len(summary) else "classification"
-    return {"name": folder.name, "folder": folder, "runs": runs, "summary": summary,
-            "profiles": profiles, "provenance": provenance, "task": task,
-            "metric": "ppl" if task == "classification" else "loss"}
-
-
-def scale_label(exp: dict) -> str:
-    scales = exp["provenance"].get("scale") or sorted(exp["runs"]["scale"].dropna().unique())
-    return "; ".join(map(str, scales)) or "scale unknown"
-
-
-FAMILY_STYLES = {  # method -> (colours, line style, width): the three families of truncation
-    "fixed": (FIXED_COLOURS, "--", 1.4), "adaptive": (ADAPTIVE_COLOURS, "-", 1.8),
-    "artbp": (ARTBP_COLOURS, ":", 2.2)}
-
-
-def setting_styles(summary: pd.DataFrame) -> dict:
-    """setting -> line style: fixed K dashed in colours, adaptive solid in dark shades, ARTBP
-    dotted in its own colours."""
-    styles, counts = {}, {}
-    for _, row in summary.iterrows():
-        family = row["method"] if row["method"] in FAMILY_STYLES else "adaptive"
-        colours, linestyle, width = FAMILY_STYLES[family]
-        n = counts.get(family, 0)
-        styles[row["setting"]] = {"color": colours[n % len(colours)], "linestyle": linestyle,
-                                  "linewidth": width}
-        counts[family] = n + 1
-    return styles
-
-
-def artbp_settings(summary: pd.DataFrame) -> set:
-    return set(summary.loc[summary["method"] == "artbp", "setting"])
-
-
-# ----------------------------------------------------------------------------- derived curves
-def add_running_best(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per run: test metric at the best valid so far, and the running minimum of valid."""
-    runs = runs.sort_values(["run_dir", "eval"]).copy()
-    valid = runs[f"valid_{metric}"].where(np.isfinite(runs[f"valid_{metric}"]))
-    runs["valid_clean"] = valid
-    runs["valid_runmin"] = valid.groupby(runs["run_dir"]).cummin()
-    best_test = []
-    for _, run in runs.groupby("run_dir", sort=False):
-        best, test_at_best = np.inf, np.nan
-        for v, t in zip(run["valid_clean"], run[f"test_{metric}"]):
-            if np.isfinite(v) and v < best:
-                best, test_at_best = v, t
-            best_test.append(test_at_best)
-    runs["test_at_best"] = best_test
-    runs["valid_runmin"] = runs.groupby("run_dir")["valid_runmin"].ffill()
-    return runs
-
-
-def seed_band(frame: pd.DataFrame, x: str, y: str, log: bool) -> pd.DataFrame:
-    """Mean over seeds at each evaluation (x averaged too), with ±1 sd (of logs if log)."""
-    values = frame[[x, y, "eval"]].replace([np.inf, -np.inf], np.nan).dropna()
-    if log:
-        values = values[values[y] > 0].assign(**{y: lambda d: np.log10(d[y])})
-    grouped = values.groupby("eval")
-    out = pd.DataFrame({"x": grouped[x].mean(), "y": grouped[y].mean(),
-                        "sd": grouped[y].std(ddof=1).fillna(0.0)})
-    out["lo"], out["hi"] = out["y"] - out["sd"], out["y"] + out["sd"]
-    if log:
-        out[["y", "lo", "hi"]] = 10 ** out[["y", "lo", "hi"]]
-    return out
-
-
-def diverged_ends(frame: pd.DataFrame, x: str, y: str) -> list[tuple[float, float]]:
-    """(x, y) of the last finite point of every diverged run in the frame."""
-    points = []
-    for _, run in frame[frame["status"] == "diverged"].groupby("run_dir"):
-        finite = run[np.isfinite(run[x]) & np.isfinite(run[y]) & (run[y] > 0)]
-        if len(finite):
-            points.append((finite[x].iloc[-1], finite[y].iloc[-1]))
-    return points
-
-
-def plot_panel(ax, runs: pd.DataFrame, styles: dict, x: str, y: str, log: bool = False) -> None:
-    """One panel: a mean curve with a light band per setting, × at diverged ends."""
-    for setting, style in styles.items():
-        frame = runs[runs["setting"] == setting]
-        band = seed_band(frame, x, y, log)
-        if band.empty:
-            continue
-        ax.plot(band["x"], band["y"], label=setting, **style)
-        ax.fill_between(band["x"], band["lo"], band["hi"], color=style["color"], alpha=0.15,
-                        linewidth=0)
-        for px, py in diverged_ends(frame, x, y):
-            ax.plot(px, py, marker="x", color=style["color"], markersize=9, mew=2,
-                    linestyle="none")
-    if log:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-
-
-def robust_ylim(ax, runs: pd.DataFrame, y: str) -> None:
-    """Ignore the untrained first evaluation when setting the y range of a metric panel."""
-    values = runs.loc[runs["eval"] > 0, y].replace([np.inf, -np.inf], np.nan).dropna()
-    if len(values) < 2:
-        return
-    lo, hi = values.min(), np.nanquantile(values, 0.98)
-    if hi > lo:
-        pad = 0.05 * (hi - lo)
-        ax.set_ylim(lo - pad, hi + pad)
-
-
-def robust_log_ylim(ax, runs: pd.DataFrame, y: str) -> None:
-    """Log-scale twin of robust_ylim: the first evaluations' δ̂ (1e-20 on an untrained LM)
-    would squeeze every trained value into the top of the panel: the range is that of the
-    evaluations from the first epoch on (or a tenth of the budget, if shorter)."""
-    trained = runs["epoch"] >= min(1.0, 0.1 * runs["epoch"].max())
-    values = runs.loc[trained, y].replace([np.inf, -np.inf], np.nan).dropna()
-    values = values[values > 0]
-    if len(values) >= 2 and values.max() > values.min():  # earlier evaluations may fall below
-        ax.set_ylim(values.min() / 2, values.max() * 2)
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # the sibling modules, also when this file is loaded by its path
+    sys.path.insert(0, HERE)
+from analysis_common import load_experiment, scale_label  # noqa: E402
+from figure_panels import (DPI, add_running_best, artbp_settings, delta_targets,  # noqa: E402
+                           finish, floor_line, metric_label, plot_panel, robust_log_ylim,
+                           robust_ylim, setting_styles)
+from markdown_tables import PAPER_CSV, read_paper, table_markdown  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- figures
-def metric_label(exp: dict, template: str) -> str:
-    """template with {} for the metric: 'test {} at best valid' -> 'test PPL at best valid'."""
-    return template.format("PPL" if exp["metric"] == "ppl" else "loss (MSE)")
-
-
-def delta_targets(ax, summary: pd.DataFrame, styles: dict) -> None:
-    """Thin dotted lines at the δ each adaptive setting aims for."""
-    for _, row in summary[summary["method"] == "adaptive"].iterrows():
-        ax.axhline(row["delta"], color=styles[row["setting"]]["color"], linestyle=":",
-                   linewidth=0.9, alpha=0.8)
-
-
-def finish(fig, axes, exp: dict, title: str, path: Path, note: bool = True) -> None:
-    """Title with experiment and scale, one compact legend outside on the right, save."""
-    fig.suptitle(f"{exp['name']} — {title}\n[{scale_label(exp)}]", fontsize=11)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   fontsize=9, frameon=False, title="setting", title_fontsize=9)
-    if note:
-        fig.text(1.0, 0.06, "band: ±1 sd over seeds\n×: run diverged", fontsize=8,
-                 color="0.4", ha="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-
-
-def test_floor(exp: dict) -> float:
-    """Best attainable test PPL of the experiment's data (copy tasks), NaN if not recorded."""
-    summary = exp["summary"]
-    if "test_ppl_floor" not in summary:
-        return np.nan
-    values = pd.to_numeric(summary["test_ppl_floor"], errors="coerce").dropna()
-    return float(values.iloc[0]) if len(values) else np.nan
-
-
-def floor_line(ax, exp: dict) -> None:
-    """A grey dotted line at the best attainable test PPL (atbptt.data.copy_floor)."""
-    floor = test_floor(exp)
-    if exp["metric"] == "ppl" and np.isfinite(floor):
-        low, high = ax.get_ylim()
-        if floor < low:  # keep the floor in view: the gap to it is the point
-            ax.set_ylim(floor - 0.05 * (high - floor), high)
-        ax.axhline(floor, color="0.5", linestyle=":", linewidth=1.2,
-                   label=f"best attainable ({floor:.3f})")
-
-
 def standin_figure(exp: dict, path: Path) -> bool:
     """δ̂(K) of the K in use under each stand-in against the audited true relative bias
     (one point per evaluation); points above the diagonal bound the truth. False if no
@@ -348,121 +175,6 @@ def beta_figure(exp: dict, styles: dict, path: Path) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------- table
-def paper_dataset(exp: dict) -> str | None:
-    """The paper's column for this experiment: by experiment name, else by dataset."""
-    names = [exp["name"]] + [str(d) for d in exp["summary"].get("dataset", pd.Series()).unique()]
-    for name in names:
-        for prefix, dataset in PAPER_DATASETS:
-            if name.startswith(prefix):
-                return dataset
-    return None
-
-
-def setting_order(label: str) -> tuple:
-    """Fixed K ascending, then adaptive δ descending, then ARTBP by mean length:
-    'K=5' < 'K=10' < 'δ=0.9' < 'δ=0.1' < 'ARTBP c=1/10' < 'ARTBP c=1/20'."""
-    artbp = re.match(r"ARTBP (?:c=1/|α=[0-9.]+, mean )([0-9.]+)", label)
-    if artbp:
-        return (2, float(artbp.group(1)), label)
-    match = re.match(r"(K|δ)=([0-9.eE+-]+)", label)
-    if not match:
-        return (3, 0.0, label)
-    value = float(match.group(2))
-    return (0, value, label) if match.group(1) == "K" else (1, -value, label)
-
-
-def mean_sd(mean: float, sd: float, digits: int = 4, keep_zeros: bool = True) -> str:
-    """'1.350 (0.21)': mean to `digits` significant digits, sd to two; '–' when missing."""
-    if pd.isna(mean):
-        return "–"
-    text = f"{mean:#.{digits}g}".rstrip(".") if keep_zeros else f"{mean:.{digits}g}"
-    return text + (f" ({sd:.2g})" if pd.notna(sd) else "")
-
-
-def our_columns(row: pd.Series, metric: str) -> dict:
-    """Our cells of one setting: n (with failures), best valid, test at best, final K."""
-    notes = [f"{row[f'n_{s}']} {s}" for s in ("diverged", "failed", "running")
-             if row.get(f"n_{s}", 0)]
-    return {"n": f"{row['n_seeds']}" + (f" ({', '.join(notes)})" if notes else ""),
-            f"ours: best valid {UNITS[metric]}": mean_sd(row[f"best_valid_{metric}_mean"],
-                                                       row[f"best_valid_{metric}_sd"]),
-            f"ours: test {UNITS[metric]} at best": mean_sd(row[f"test_{metric}_at_best_mean"],
-                                                         row[f"test_{metric}_at_best_sd"]),
-            "ours: final K": mean_sd(row["final_K_mean"], np.nan, 3, keep_zeros=False)}
-
-
-def table_markdown(exp: dict, paper: pd.DataFrame) -> str:
-    """Our numbers (mean (sd), n seeds) beside the paper's where the experiment maps."""
-    metric, dataset = exp["metric"], paper_dataset(exp)
-    ours = {row["setting"]: our_columns(row, metric) for _, row in exp["summary"].iterrows()}
-    published = paper[paper["dataset"] == dataset] if dataset else paper.iloc[:0]
-    settings = sorted(set(ours) | set(published["setting"]), key=setting_order)
-    paper_cols = {m: f"paper: {m.replace('_ppl', ' PPL')}" for m in published["metric"].unique()}
-    header = ["setting", "n"] + [c for c in next(iter(ours.values())) if c != "n"] \
-        + list(paper_cols.values())
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for setting in settings:
-        cells = {"setting": setting, **ours.get(setting, {})}
-        for m, column in paper_cols.items():
-            hit = published[(published["setting"] == setting) & (published["metric"] == m)]
-            cells[column] = f"{hit['mean'].iloc[0]} ({hit['sd'].iloc[0]})" if len(hit) else ""
-        lines.append("| " + " | ".join(cells.get(c, "") for c in header) + " |")
-    lines += floor_rows(exp, header)
-    source = (f"paper: Aicher, Foti & Fox (UAI 2019), NOTES §6, column '{dataset}' "
-              "(GPU, full-size models and budgets)" if dataset else
-              "no published counterpart for this experiment")
-    return "\n".join([
-        f"# {exp['name']}: our results vs the paper",
-        "",
-        f"Ours: {scale_label(exp)} — mean (sd over seeds), test {UNITS[metric]} at the "
-        f"evaluation with the best valid {UNITS[metric]}; n = runs (a diverged run counts "
-        f"with its best before divergence; failed runs have no numbers).",
-        f"Reference: {source}.",
-        f"Initialization: {', '.join(map(str, exp['provenance'].get('inits', []))) or '?'}; "
-        f"stand-in for ‖E ĝ_K‖ that set K: "
-        f"{', '.join(map(str, exp['provenance'].get('grad_norm_bounds', []))) or '?'}.",
-        "",
-        *lines, "", *standin_table(exp)])
-
-
-def floor_rows(exp: dict, header: list[str]) -> list[str]:
-    """A table row with the best attainable valid/test PPL of this data (copy tasks)."""
-    floors = exp["provenance"].get("ppl_floor") or {}
-    if exp["metric"] != "ppl" or not floors:
-        return []
-    cells = {"setting": "best attainable", "n": "",
-             "ours: best valid PPL": f"{floors['valid']['ppl_floor']:.4f}",
-             "ours: test PPL at best": f"{floors['test']['ppl_floor']:.4f}"}
-    share = ", ".join(f"{split} {100 * floors[split]['undetermined_share']:.2f} %"
-                      for split in ("train", "valid", "test") if split in floors)
-    cells["ours: final K"] = f"undetermined targets: {share}"
-    return ["| " + " | ".join(cells.get(c, "") for c in header) + " |"]
-
-
-def standin_table(exp: dict) -> list[str]:
-    """Per setting: how often each stand-in's δ̂ was at least the audited true bias, and the
-    median K̂(0.5) each would pick (standins.csv, written by aggregate.py)."""
-    path = exp.get("folder", Path()) / "standins.csv"
-    if not path.is_file():
-        return []
-    frame = pd.read_csv(path)
-    lines = ["Stand-ins for ‖E ĝ_K‖ against the audited true relative bias of the K in use "
-             "(evaluations with method.audit):", "",
-             "| setting | audited evals | median true bias | δ̂ ≥ true: grad | δ̂ ≥ true: norm_sum "
-             "| median δ̂: grad | median δ̂: norm_sum | median K̂(0.5): grad "
-             "| median K̂(0.5): norm_sum |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in frame.iterrows():
-        lines.append(f"| {r['setting']} | {int(r['n_audited'])} | "
-                     f"{r['true_rel_bias_median']:.3g} | "
-                     f"{100 * r['share_grad_bounds_true']:.0f} % | "
-                     f"{100 * r['share_norm_sum_bounds_true']:.0f} % | "
-                     f"{r['delta_hat_grad_median']:.3g} | {r['delta_hat_norm_sum_median']:.3g} | "
-                     f"{r['K_hat_0.5_grad_median']:g} | {r['K_hat_0.5_norm_sum_median']:g} |")
-    return lines + [""]
-
-
 # ----------------------------------------------------------------------------- driver
 def make_figures(folder: Path, paper: pd.DataFrame) -> list[Path]:
     """Every figure and table.md of one experiment folder; returns the files written."""
@@ -496,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                      if args.experiment in (None, p.parent.name))
     if not folders:
         raise SystemExit(f"no <experiment>/runs.csv under {args.results}")
-    paper = pd.read_csv(args.paper, dtype=str)  # keep the transcribed digits (1.030)
+    paper = read_paper(args.paper)
     for folder in folders:
         written = make_figures(folder, paper)
         print(f"{folder.name}: " + ", ".join(p.name for p in written))

@@ -83,6 +83,7 @@ def test_any_damaged_file_skips_its_run_or_is_read(tmp_path_factory, cut, junk, 
     aggregated or skipped with one line; the sound run is always aggregated."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import aggregate as agg
+    import experiment_csv
 
     runs = tmp_path_factory.mktemp("h") / "sweeps"
     sound(runs / "good", 0)
@@ -94,4 +95,4 @@ def test_any_damaged_file_skips_its_run_or_is_read(tmp_path_factory, cut, junk, 
     metas, frame = experiments["faults"] if "faults" in experiments else ([], None)
     assert "good" in {Path(m["run_dir"]).name for m in metas}
     for name, (metas, frame) in experiments.items():
-        agg.summarize(frame)
+        experiment_csv.summarize(frame)
