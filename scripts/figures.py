@@ -100,7 +100,8 @@ def three_panels(exp: dict, runs: pd.DataFrame, styles: dict, x: str, xlabel: st
     delta_targets(axes[2], exp["summary"], styles)
     axes[2].set_ylabel("estimated relative bias δ̂(K)")
     if has_var:
-        plot_panel(axes[3], runs, {s: styles[s] for s in artbp}, x, "grad_rel_var", log=True)
+        artbp_styles = {s: style for s, style in styles.items() if s in artbp}  # setting order
+        plot_panel(axes[3], runs, artbp_styles, x, "grad_rel_var", log=True)
         axes[3].set_ylabel("ARTBP gradient relative variance")
     for ax in axes:
         ax.set_xlabel(xlabel)
