@@ -4,6 +4,7 @@ Usage:
     python scripts/aggregate.py                       # every run under results/sweeps
     python scripts/aggregate.py --runs results/sweeps results/runs --out results
     python scripts/aggregate.py --experiment copy
+    python scripts/aggregate.py --runs results/copy_fixed_paper/runs --add  # a later seed
 
 A run directory is any directory holding ``run.json`` (found recursively, so every sweep
 timestamp of an experiment is included). A malformed one (run.json or .hydra/config.yaml that
@@ -16,6 +17,11 @@ one line naming it and why; the others are aggregated. For each experiment this 
 - ``profiles.csv``   the last gradient-norm profile of every run;
 - ``standins.csv``   (audited runs) how often each stand-in's δ̂ bounds the true relative bias;
 - ``provenance.json`` code versions, hardware, budgets, statuses, compute spent.
+
+``--add`` merges the runs found into the tables already in ``<out>/<experiment>/`` (run
+directories are not committed, so a later seed is added this way): a (setting, seed) in both
+is taken from the run directories, every other committed run is kept as it is
+(committed_tables.py).
 
 'Best' follows NOTES §4: the evaluation with the lowest validation PPL (validation loss for
 regression tasks); the test metric is read at that same evaluation. Means and standard
@@ -209,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floors", type=Path, default=None,
                         help="best attainable perplexities (python -m atbptt.floor's CSV) for "
                              "copy runs that did not record theirs (default <out>/copy_floor.csv)")
+    parser.add_argument("--add", action="store_true",
+                        help="merge into the tables already in <out>/<experiment>/ (a run "
+                             "with the same setting and seed is replaced, the others kept)")
     args = parser.parse_args(argv)
     floors = read_floor_table(args.floors or args.out / "copy_floor.csv")
     experiments, notes = collect(args.runs, args.experiment, floors)
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         print(note)
     for name, (metas, runs) in sorted(experiments.items()):
         own_notes = [note for experiment, note in notes if experiment == name]
-        summary = write_experiment(name, metas, runs, own_notes, args.out)
+        summary = write_experiment(name, metas, runs, own_notes, args.out, add=args.add)
         print_summary(name, metas, summary)
     print(f"\nwrote {', '.join(str(args.out / n) for n in sorted(experiments))}")
 

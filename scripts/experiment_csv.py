@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis_common import ID_COLUMNS, STANDINS, STATUSES, sort_settings, task_metric
+from committed_tables import merge_frames, merge_provenance, read_committed
 from run_dirs import read_last_profile
 
 PROFILE_COLUMNS = ["lag", "phi", "cum", "tail", "beta_hat", "tau"]
@@ -174,9 +175,22 @@ def provenance(metas: list[dict], runs: pd.DataFrame, notes: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------- writing
 def write_experiment(name: str, metas: list[dict], runs: pd.DataFrame, notes: list[str],
-                     out: Path) -> pd.DataFrame:
-    """Writes runs.csv, summary.csv, profiles.csv, provenance.json; returns the summary."""
+                     out: Path, add: bool = False) -> pd.DataFrame:
+    """Writes runs.csv, summary.csv, profiles.csv, standins.csv (audited runs) and
+    provenance.json; returns the summary. ``add``: merged with the tables already in
+    ``<out>/<name>/`` (committed_tables.py; a run in both is taken from ``runs``)."""
     folder = out / name
+    committed = read_committed(folder, runs) if add else None
+    profiles = [p for p in (profile_rows(m) for m in metas) if p is not None]
+    profile_frame = (pd.concat(profiles, ignore_index=True) if profiles else
+                     pd.DataFrame(columns=["experiment", "setting", "seed", "eval"]
+                                  + PROFILE_COLUMNS))
+    record = provenance(metas, runs, notes)
+    if committed is not None:
+        runs = merge_frames(committed.runs, runs)
+        profile_frame = merge_frames(committed.profiles, profile_frame)
+        record = merge_provenance(committed.provenance, record, runs, committed.runs,
+                                  committed.replaced)
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
     order = {setting: i for i, setting in enumerate(summary["setting"])}
@@ -184,14 +198,10 @@ def write_experiment(name: str, metas: list[dict], runs: pd.DataFrame, notes: li
         ["_order", "seed", "eval"], kind="stable").drop(columns="_order")
     integer_columns(runs).to_csv(folder / "runs.csv", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
-    profiles = [p for p in (profile_rows(m) for m in metas) if p is not None]
-    profile_frame = (pd.concat(profiles, ignore_index=True) if profiles else
-                     pd.DataFrame(columns=["experiment", "setting", "seed", "eval"]
-                                  + PROFILE_COLUMNS))
     profile_frame.to_csv(folder / "profiles.csv", index=False)
     standins = standin_rows(runs)
     if len(standins):
         standins.to_csv(folder / "standins.csv", index=False)
     with open(folder / "provenance.json", "w") as f:
-        json.dump(provenance(metas, runs, notes), f, indent=2, default=str)
+        json.dump(record, f, indent=2, default=str)
     return summary

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [ROOT / "scripts" / "aggregate.py", ROOT / "scripts" / "figures.py"]
 # the modules the two scripts import from beside them
 HELPERS = [ROOT / "scripts" / f"{name}.py" for name in
-           ("analysis_common", "run_dirs", "experiment_csv", "figure_panels", "markdown_tables")]
+           ("analysis_common", "run_dirs", "experiment_csv", "committed_tables",
+            "figure_panels", "markdown_tables")]
 METRICS = ["eval", "epoch", "step", "tokens", "train_time", "wall_time", "estimation_time",
            "train_loss", "valid_loss", "test_loss", "valid_ppl", "test_ppl", "K", "lr",
            "beta_hat", "delta_hat", "K_hat_1.0", "K_hat_0.9", "K_hat_0.5", "K_hat_0.1",
