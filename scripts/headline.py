@@ -1,17 +1,22 @@
 """The paper's headline on one experiment: does an adaptive δ match or beat the best fixed K?
 
 Reads ``<results>/<experiment>/runs.csv`` (written by ``scripts/aggregate.py``) and writes
-``<results>/<experiment>/headline.md``: for every setting the test perplexity at the best
-validation perplexity reached so far (the paper's metric, NOTES §4) at equal epochs and at
-equal training time (``train_time``: training chunks and K updates, not evaluation), mean and
-spread over seeds, and a verdict per δ against the best fixed K at each budget:
+``<results>/<experiment>/headline.md`` and ``figures/headline.png``: for every setting the test
+perplexity at the best validation perplexity reached so far (the paper's metric, NOTES §4) at
+equal epochs and at equal training time (``train_time``: training chunks and K updates, not
+evaluation), mean and spread over seeds, and a verdict per δ against the best fixed K at each
+budget:
 
 - **beats**: lower than the best fixed K by more than ``--margin`` (relative, default 1 %)
   and, with several seeds, by more than the two settings' seed standard deviations together;
 - **loses**: higher by as much;
 - **matches**: otherwise.
 
-CSV in, markdown out; never imports training code.
+The figure draws the same metric against epochs and against ``train_time`` from a third of
+the budget on, its y-range that of those evaluations: the stretch where the verdicts are made,
+which the convergence figure's range (set by the first epochs) squeezes into a few pixels.
+
+CSV in, markdown and PNG out; never imports training code.
 
     python scripts/headline.py --results results --experiment ptb_cpu_long
 """
@@ -21,8 +26,16 @@ import argparse
 import math
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pandas as pd
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # the sibling modules, also when this file is loaded by its path
+    sys.path.insert(0, HERE)
+from analysis_common import load_experiment  # noqa: E402
+from figure_panels import add_running_best, finish, plot_panel, plt, setting_styles  # noqa: E402
 
 
 def best_so_far(runs: pd.DataFrame, column: str, budget: float) -> pd.DataFrame:
@@ -91,6 +104,33 @@ def budget_table(runs: pd.DataFrame, column: str, budgets: list[float], unit: st
     return lines
 
 
+def headline_figure(folder: Path, start_fraction: float = 1 / 3) -> Path:
+    """figures/headline.png: test PPL at the best valid PPL so far against epochs and against
+    ``train_time`` (minutes), mean and ±1 sd over seeds, from ``start_fraction`` of each axis's
+    largest value on."""
+    exp = load_experiment(folder)
+    runs = add_running_best(exp["runs"], exp["metric"])
+    runs["train_minutes"] = runs["train_time"] / 60
+    styles = setting_styles(exp["summary"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, x, label in zip(axes, ["epoch", "train_minutes"], ["epoch", "train_time (min)"]):
+        plot_panel(ax, runs, styles, x, "test_at_best")
+        start = start_fraction * runs[x].max()
+        shown = runs.loc[runs[x] >= start, "test_at_best"].replace([np.inf, -np.inf], np.nan)
+        shown = shown.dropna()
+        if len(shown) >= 2 and shown.max() > shown.min():
+            pad = 0.05 * (shown.max() - shown.min())
+            ax.set_ylim(shown.min() - pad, shown.max() + pad)
+        ax.set_xlim(start, runs[x].max())
+        ax.set_xlabel(label)
+        ax.set_ylabel("test PPL at best valid")
+    path = folder / "figures" / "headline.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finish(fig, axes, exp, f"the verdict stretch (from {start_fraction:.0%} of the budget on)",
+           path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -115,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             ""]
     (folder / "headline.md").write_text("\n".join(text))
     print("\n".join(text))
+    print(f"wrote {headline_figure(folder)}")
 
 
 if __name__ == "__main__":

@@ -64,12 +64,35 @@ def test_seed_spread_widens_the_margin():
 def test_main_writes_the_table(tmp_path):
     folder = tmp_path / "exp"
     folder.mkdir()
-    frame().to_csv(folder / "runs.csv", index=False)
+    runs = frame().assign(run_dir=lambda d: d.setting + "/" + d.seed.astype(str),
+                          status="finished", task="classification", scale="test scale")
+    runs.to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame({"setting": ["K=10", "K=50", "δ=0.1"], "method": ["fixed", "fixed", "adaptive"],
+                  "task": "classification"}).to_csv(folder / "summary.csv", index=False)
     headline.main(["--results", str(tmp_path), "--experiment", "exp", "--epochs", "0.5", "1",
                    "--minutes", "1"])
     text = (folder / "headline.md").read_text()
     assert "| 0.5 | 290.0 | 390.0 | 270.0 | K=10 | beats |" in text
     assert "| 1 min | 290.0 | 390.0 | 1000.0 | K=10 | loses |" in text  # δ: 61 s at 0.5 ep
+    figure = folder / "figures" / "headline.png"
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figure_ranges_over_the_verdict_stretch(tmp_path, monkeypatch):
+    """y-range: the evaluations from a third of the budget on, not the untrained start."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    frame().assign(run_dir=lambda d: d.setting, status="finished",
+                   task="classification").to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame({"setting": ["K=10", "K=50", "δ=0.1"], "method": ["fixed", "fixed", "adaptive"],
+                  "task": "classification"}).to_csv(folder / "summary.csv", index=False)
+    limits = []
+    monkeypatch.setattr(headline, "finish", lambda fig, axes, *a, **k: limits.extend(
+        [ax.get_ylim() for ax in axes]))
+    headline.headline_figure(folder)
+    # from epoch 2/3 on: test at best valid is 190..140 (K=10), 240..160 (K=50), 170..110 (δ)
+    low, high = limits[0]
+    assert 100 < low < 110 and 240 < high < 260
 
 
 def test_slack_is_the_longest_step_when_K_varies():
