@@ -39,7 +39,7 @@ class Style(Enum):
 
 class TruncationSchedule(Enum):
     """ARTBP's truncation probabilities c_n at the n-th draw point after a cut
-    (src/atbptt/artbp.py)."""
+    (src/atbptt/artbp_schedule.py)."""
 
     constant = "constant"  # c_n = 1/m, m = K / stride: geometric lengths with mean K
     poly = "poly"  # c_n = (alpha - 1) / ((alpha - 2) m + n): polynomial tail, mean K

@@ -1,8 +1,8 @@
 """Limits that span several keys or depend on the data, checked before a run writes anything.
 
-``check_config`` runs on every composed config (``validate.to_config``, so before Hydra starts
-as well as in each job): every number finite and within 64 bits, seeds >= 0, ``threads`` within
-the machine's cores, at most ``MAX_LAYERS`` layers, a finite, positive SGD step
+``check_config`` runs on every composed config (``compose_check.to_config``, so before Hydra
+starts as well as in each job): every number finite and within 64 bits, seeds >= 0, ``threads``
+within the machine's cores, at most ``MAX_LAYERS`` layers, a finite, positive SGD step
 ``lr * K**lr_power`` for every K the run can use, and for a corpus at least 2 tokens per stream
 (``data.check_corpus_streams``, from the token counts of its verified files,
 ``data.corpus.TOKENS``; checked again once it is read).
