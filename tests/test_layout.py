@@ -16,7 +16,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOTS = ("atbptt", "hydra_plugins")
-MAX_LINES = 330
+MAX_LINES = 300
 # Files over the limit; each entry is a to-do, not a licence.
 LONG_FILES_TO_SPLIT: Set[str] = set()
 
