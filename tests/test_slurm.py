@@ -154,6 +154,11 @@ def test_submitit_slurm_sweep_writes_every_run_and_aggregates(slurm, tmp_path):
     for job in jobs:
         assert (sweep / ".submitit" / job / f"{job}_0_result.pkl").exists()
         state = _scontrol_job(job, slurm)
+        for _ in range(60):  # the result is written before SLURM marks the job ended
+            if state["JobState"] not in ("RUNNING", "COMPLETING"):
+                break
+            time.sleep(1)
+            state = _scontrol_job(job, slurm)
         assert state["JobState"] == "COMPLETED" and state["Partition"] == "debug"
     out = tmp_path / "agg"
     agg = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), "--runs",
