@@ -229,6 +229,15 @@ def _launch_and_wait_for_checkpoint(slurm, sweep: Path, launched: list):
     return proc, cmd, run, job, _rows(run, drop_time=False)
 
 
+def _checkpointed_rows(run: Path, rows: list) -> list:
+    """The rows of ``rows`` that the run's checkpoint covers: a job interrupted between
+    writing an evaluation's row and saving that evaluation's checkpoint redoes the row."""
+    import torch
+    evals = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["progress"]["evals"]
+    assert 0 < evals <= len(rows)
+    return rows[:evals]
+
+
 def _assert_resumed(run: Path, before: list, reference: list, sweep: Path) -> None:
     after = _rows(run, drop_time=False)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
@@ -245,6 +254,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path, reference, la
     subprocess.run(["scontrol", "requeue", job], env=slurm, check=True)
     # a requeued job waits two minutes (BeginTime) before it may start again: release it now
     _wait(lambda: _scontrol_job(job, slurm)["JobState"] == "PENDING", 60, "the requeue")
+    before = _checkpointed_rows(run, before)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm, check=True)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -262,6 +272,7 @@ def test_cancelled_job_resubmitted_by_the_same_command_resumes(slurm, tmp_path, 
     proc.communicate(timeout=60)
     assert json.loads((run / "run.json").read_text())["status"] != "finished"
     assert (run / "checkpoint.pt").exists()
+    before = _checkpointed_rows(run, before)
     res = subprocess.run(cmd, cwd=sweep.parent, env={**slurm, "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
