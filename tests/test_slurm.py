@@ -233,7 +233,8 @@ def _checkpointed_rows(run: Path, rows: list) -> list:
     """The rows of ``rows`` that the run's checkpoint covers: a job interrupted between
     writing an evaluation's row and saving that evaluation's checkpoint redoes the row."""
     import torch
-    evals = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["progress"]["evals"]
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    evals = ckpt["progress"]["evals"]
     assert 0 < evals <= len(rows)
     return rows[:evals]
 
